@@ -1,0 +1,38 @@
+# PromptEcho: every target creates/reuses .venv and never downloads model weights.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# torch is constrained to the build already in .venv, else to the local CPU wheel (override: make TORCH=2.5.1 ...).
+TORCH ?= 2.13.0
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export GRADIO_ANALYTICS_ENABLED := False
+
+.PHONY: venv demo test test-fast bench eval ui clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-ui.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(VENV)/constraints.txt 2>/dev/null \
+	  || echo "torch==$(TORCH)" > $(VENV)/constraints.txt
+	@echo "constraints: $$(cat $(VENV)/constraints.txt)"
+	$(PY) -m pip install -q -c $(VENV)/constraints.txt -r requirements-dev.txt
+	touch $(STAMP)
+
+demo: venv
+	$(PY) -m promptecho demo --out out/demo
+
+test: venv
+	$(PY) -m pytest -q tests
+
+test-fast: venv
+	$(PY) -m pytest -q -x -m "not slow" tests
+
+bench: venv
+	$(PY) bench/run_all.py
+
+clean-venv:
+	rm -rf $(VENV)
