@@ -14,12 +14,15 @@ export GRADIO_ANALYTICS_ENABLED := False
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt requirements-ui.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-ui.txt requirements-dev.txt requirements-test-extras.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(VENV)/constraints.txt 2>/dev/null \
 	  || echo "torch==$(TORCH)" > $(VENV)/constraints.txt
 	@echo "constraints: $$(cat $(VENV)/constraints.txt)"
 	$(PY) -m pip install -q -c $(VENV)/constraints.txt -r requirements-dev.txt
+	@# test-only extras kept apart from site-packages (see requirements-test-extras.txt); tests skip without them
+	$(PY) -m pip install -q --no-deps --upgrade --target $(VENV)/test-extras -r requirements-test-extras.txt \
+	  || echo "warning: test extras not installed; Qwen/SmolVLM engine tests will be skipped"
 	touch $(STAMP)
 
 demo: venv

@@ -31,6 +31,7 @@ class ScoreResult:
     truncated_tokens: int = 0  # prompt tokens dropped because of the model's length limit
     query: str = ""
     model: str = ""
+    system_prompt: Optional[str] = None  # None: the chat template's default system turn (if any)
 
     @property
     def n_tokens(self) -> int:

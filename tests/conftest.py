@@ -16,3 +16,6 @@ if TESTS not in sys.path:  # so tests can `import fixtures...`
 import torch  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# Test-only: make torchvision importable (Qwen/SmolVLM processors) before transformers first looks for it.
+import fixtures.tvshim  # noqa: E402,F401

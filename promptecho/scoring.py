@@ -1,0 +1,115 @@
+"""Pure functions of the PromptEcho math: token CE from sliced logits, token -> character spans,
+per-word aggregation and reduction. Small tensors in, plain numbers out; no model here."""
+from __future__ import annotations
+
+import math
+import re
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+from .results import WordScore
+
+Span = Tuple[int, int]
+
+
+def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """-log p(target) for logits [..., V] already sliced to the answer window; log-softmax in fp32."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -logp.gather(-1, targets.unsqueeze(-1).long()).squeeze(-1)
+
+
+def yes_no_probs(logits: torch.Tensor, yes_ids: Sequence[int], no_ids: Sequence[int]) -> Tuple[float, float]:
+    """P(yes) and P(no) from one next-token logit vector [V]: each the total probability of its variants."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    p_yes = torch.logsumexp(logp[list(yes_ids)], dim=0).exp().item()
+    p_no = torch.logsumexp(logp[list(no_ids)], dim=0).exp().item()
+    return p_yes, p_no
+
+
+def answer_token_range(offsets: Sequence[Span], start: int, end: int) -> Tuple[int, int]:
+    """Indices [i0, i1) of the tokens covering characters [start, end) of the tokenized text.
+
+    A token that straddles the start (e.g. ' a' where the space belongs to the template) belongs to the
+    answer; i1 is the first non-empty token starting at or after `end` (the end-of-turn token, if any).
+    """
+    n = len(offsets)
+    i0 = next((i for i, (s, e) in enumerate(offsets) if e > start and e > s), n)
+    i1 = next((i for i in range(i0, n) if offsets[i][0] >= end and offsets[i][1] > offsets[i][0]), n)
+    return i0, i1
+
+
+def token_spans(offsets: Sequence[Span], start: int, end: int) -> List[Span]:
+    """Character spans, relative to the answer start, of answer tokens with offsets `offsets`.
+
+    Clipped to the answer; characters no token claims (offsets trimmed of whitespace) are given to the
+    next token and trailing ones to the last, so the spans cover the answer without gaps. A character
+    split over two tokens (byte-level BPE) lies in both spans.
+    """
+    length = end - start
+    spans: List[Span] = []
+    covered = 0
+    for s, e in offsets:
+        s = min(max(s - start, 0), length)
+        e = min(max(e - start, 0), length)
+        s = min(s, covered)  # claim the uncovered gap before this token
+        e = max(e, s)
+        spans.append((s, e))
+        covered = max(covered, e)
+    if spans and covered < length:
+        s, _ = spans[-1]
+        spans[-1] = (s, length)
+    return spans
+
+
+_WORD = re.compile(r"\S+")
+
+
+def word_scores(prompt: str, spans: Sequence[Span], losses: Sequence[float]) -> List[WordScore]:
+    """Whitespace-delimited words with the mean loss of the tokens overlapping each (a token that overlaps
+    several words counts for each of them). Words no scored token reaches (truncated tail) are left out."""
+    out = []
+    for m in _WORD.finditer(prompt):
+        ws, we = m.start(), m.end()
+        hit = [l for (s, e), l in zip(spans, losses) if s < we and e > ws]
+        if hit:
+            out.append(WordScore(text=m.group(), start=ws, end=we, loss=float(sum(hit) / len(hit)),
+                                 n_tokens=len(hit)))
+    return out
+
+
+def reduce_losses(losses: Sequence[float], reduction: str) -> float:
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    if not losses:
+        return math.nan
+    total = math.fsum(losses)
+    return total if reduction == "sum" else total / len(losses)
+
+
+def rerank_order(scores: Sequence[float]) -> List[int]:
+    """Indices by descending score; equal scores keep the lower index first (stable). NaN goes last."""
+    key = [(-s if s == s else math.inf) for s in scores]
+    return sorted(range(len(scores)), key=lambda i: (key[i], i))
+
+
+def left_or_right_positions(attention_mask: torch.Tensor) -> List[Tuple[int, int]]:
+    """[start, end) of the real tokens of each row of a padded batch (works for left and right padding)."""
+    rows = []
+    for m in attention_mask.bool():
+        idx = torch.nonzero(m).flatten()
+        rows.append((int(idx[0]), int(idx[-1]) + 1) if len(idx) else (0, 0))
+    return rows
+
+
+def window_index(positions: Sequence[Sequence[int]], fill: Optional[int] = None) -> torch.Tensor:
+    """[B, K] int64 positions (rows padded by repeating their last position) for `logits_to_keep`."""
+    k = max(1, max(len(p) for p in positions))
+    out = torch.zeros(len(positions), k, dtype=torch.long)
+    for r, p in enumerate(positions):
+        if p:
+            out[r, :len(p)] = torch.tensor(list(p), dtype=torch.long)
+            out[r, len(p):] = p[-1]
+        elif fill is not None:
+            out[r, :] = fill
+    return out

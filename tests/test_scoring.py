@@ -1,0 +1,193 @@
+"""PromptEcho scoring: pure math functions, and exactness of the engine against the model's own loss."""
+import math
+
+import pytest
+import torch
+
+from fixtures.engine import random_image, tiny_dir, tiny_vlm  # noqa: F401 (fixtures)
+from promptecho import DEFAULT_QUERY
+from promptecho.scoring import (answer_token_range, reduce_losses, rerank_order, token_losses, token_spans,
+                                window_index, word_scores, yes_no_probs)
+from promptecho.vlm import ScoreInputError
+
+UNICODE_PROMPT = "café 東京 🚀 naïve  crème-brûlée, Ünïcödé ✓"
+
+
+# ---------------------------------------------------------------- pure functions
+def test_token_losses_equal_full_log_softmax_in_fp32():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 50, generator=g).to(torch.bfloat16)
+    targets = torch.tensor([0, 3, 49, 7, 7])
+    got = token_losses(logits, targets)
+    assert got.dtype == torch.float32
+    ref = [-(logits[i].double().log_softmax(-1)[t]).item() for i, t in enumerate(targets.tolist())]
+    assert got.tolist() == pytest.approx(ref, abs=1e-5)
+
+
+def test_yes_no_probs_sum_variants():
+    logits = torch.log(torch.tensor([0.1, 0.2, 0.3, 0.4]))
+    p_yes, p_no = yes_no_probs(logits, [0, 2], [3])
+    assert p_yes == pytest.approx(0.4) and p_no == pytest.approx(0.4)
+
+
+def test_answer_range_and_spans_with_merged_leading_space():
+    # "ASSISTANT: a red" -> the answer token " a" starts in the template's space
+    text = "ASSISTANT: a red<end>"
+    offsets = [(0, 9), (9, 10), (10, 12), (12, 16), (16, 21)]
+    i0, i1 = answer_token_range(offsets, 11, 16)
+    assert (i0, i1) == (2, 4)
+    spans = token_spans(offsets[i0:i1], 11, 16)
+    assert spans == [(0, 1), (1, 5)]
+    assert "".join(text[11 + s:11 + e] for s, e in spans) == "a red"
+
+
+def test_spans_fill_gaps_and_share_split_characters():
+    # trimmed offsets leave the space unclaimed; a 2-byte character split over two tokens
+    offsets = [(0, 1), (2, 3), (2, 3), (3, 5)]
+    spans = token_spans(offsets, 0, 6)
+    assert spans == [(0, 1), (1, 3), (2, 3), (3, 6)]
+
+
+def test_word_scores_count_a_token_for_every_word_it_overlaps():
+    prompt = "ab cd"
+    spans = [(0, 1), (1, 4), (4, 5)]  # the middle token overlaps both words
+    words = word_scores(prompt, spans, [1.0, 3.0, 5.0])
+    assert [(w.text, w.start, w.end, w.n_tokens) for w in words] == [("ab", 0, 2, 2), ("cd", 3, 5, 2)]
+    assert [w.loss for w in words] == [2.0, 4.0]
+
+
+def test_reduce_and_rerank_order():
+    assert reduce_losses([1.0, 2.0, 6.0], "mean") == 3.0
+    assert reduce_losses([1.0, 2.0, 6.0], "sum") == 9.0
+    with pytest.raises(ValueError, match="reduction"):
+        reduce_losses([1.0], "max")
+    assert rerank_order([0.5, 2.0, 0.5, 2.0, float("nan")]) == [1, 3, 0, 2, 4]
+
+
+def test_window_index_pads_rows_by_repeating():
+    idx = window_index([[3, 4, 5], [7]])
+    assert idx.tolist() == [[3, 4, 5], [7, 7, 7]]
+
+
+# ---------------------------------------------------------------- engine vs the model's own numbers (LLaVA)
+def _llava_teacher_forced(vlm, image, prompt):
+    """The llava-1.5 sequence written by hand: 'USER: <image>\\n{q} ASSISTANT: {prompt}'."""
+    text = f"USER: <image>\n{DEFAULT_QUERY} ASSISTANT: {prompt}"
+    return vlm.processor(text=[text], images=[[image]], return_tensors="pt")
+
+
+def test_mean_token_loss_equals_model_labels_loss(tiny_vlm):
+    vlm = tiny_vlm("llava")
+    img, prompt = random_image(1), "a red cat sitting on a wooden table"
+    [res] = vlm.score([img], prompt)
+    n = res.n_tokens
+    enc = _llava_teacher_forced(vlm, img, prompt)
+    ids = enc["input_ids"]
+    assert vlm.tokenizer.decode(ids[0, -n:]) == " " + prompt  # the engine scored exactly the prompt tokens
+    labels = torch.full_like(ids, -100)
+    labels[:, -n:] = ids[:, -n:]
+    with torch.no_grad():
+        out = vlm.model(**enc, labels=labels)
+    assert res.loss == pytest.approx(out.loss.item(), abs=1e-5)
+    assert res.reward == -res.loss
+    # per-token losses against a manual full-vocabulary log-softmax
+    logp = out.logits[0].float().log_softmax(-1)
+    L = ids.shape[1]
+    manual = [-logp[L - n - 1 + j, ids[0, L - n + j]].item() for j in range(n)]
+    assert res.token_losses == pytest.approx(manual, abs=1e-5)
+    assert res.end_token_loss is None  # llava-1.5 has no end-of-turn token after the answer
+
+
+def test_sum_reduction_and_end_token_handling(tiny_vlm):
+    vlm = tiny_vlm("gemma3")
+    img = random_image(2)
+    [mean] = vlm.score([img], "two dogs on a beach")
+    [total] = vlm.score([img], "two dogs on a beach", reduction="sum")
+    [incl] = vlm.score([img], "two dogs on a beach", include_end_token=True)
+    assert total.loss == pytest.approx(sum(mean.token_losses), abs=1e-6)
+    assert mean.end_token_loss is not None and not mean.end_token_included
+    assert incl.end_token_included
+    assert incl.loss == pytest.approx((sum(mean.token_losses) + mean.end_token_loss) / (mean.n_tokens + 1), abs=1e-6)
+
+
+@pytest.mark.parametrize("family", ["llava", "gemma3", "paligemma"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_batch_equals_one_at_a_time(tiny_vlm, family, side):
+    vlm = tiny_vlm(family)
+    images = [random_image(3, 20, 30), random_image(4, 64, 40), random_image(5, 33, 33)]
+    prompts = ["a cat", "a very long caption about two red birds flying over a stone bridge at sunset", "hi"]
+    old = vlm.padding_side
+    vlm.padding_side = side
+    try:
+        batched = vlm.score(images, prompts, batch_size=3)
+        single = [vlm.score([im], [p], batch_size=1)[0] for im, p in zip(images, prompts)]
+    finally:
+        vlm.padding_side = old
+    for b, s in zip(batched, single):
+        assert b.tokens == s.tokens
+        assert b.token_losses == pytest.approx(s.token_losses, abs=1e-5)
+        if s.end_token_loss is not None:
+            assert b.end_token_loss == pytest.approx(s.end_token_loss, abs=1e-5)
+
+
+def _rebuild(prompt, spans):
+    out, covered = [], 0
+    for s, e in spans:
+        assert 0 <= s <= e <= len(prompt) and s <= covered  # ordered, no gaps
+        out.append(prompt[max(s, covered):e])
+        covered = max(covered, e)
+    return "".join(out)
+
+
+@pytest.mark.parametrize("family", ["llava", "gemma3", "paligemma"])
+def test_spans_rebuild_unicode_prompt_exactly(tiny_vlm, family):
+    vlm = tiny_vlm(family)
+    [res] = vlm.score([random_image(6)], UNICODE_PROMPT)
+    assert _rebuild(UNICODE_PROMPT, res.spans) == UNICODE_PROMPT
+    assert len(res.spans) == len(res.tokens) == len(res.token_losses)
+    # the scored tokens decode to the prompt (byte-level tokens split multi-byte characters)
+    assert [w.text for w in res.words] == UNICODE_PROMPT.split()
+    for w in res.words:
+        assert UNICODE_PROMPT[w.start:w.end] == w.text and w.n_tokens >= 1
+
+
+def test_truncation_drops_prompt_tail_and_says_so(tiny_vlm):
+    vlm = tiny_vlm("llava")
+    img = random_image(7)
+    prompt = " ".join(["red circle left of a blue square"] * 6)
+    [full] = vlm.score([img], prompt)
+    old = vlm.max_length
+    try:
+        vlm.max_length = None
+        [untouched] = vlm.score([img], prompt)
+        base = vlm._process([vlm._prepared_row(img, prompt)])["input_ids"].shape[1]
+        vlm.max_length = base - 10
+        [cut] = vlm.score([img], prompt)
+    finally:
+        vlm.max_length = old
+    assert untouched.truncated_tokens == 0 and full.truncated_tokens == 0
+    assert cut.truncated_tokens >= 10
+    assert cut.n_tokens == full.n_tokens - cut.truncated_tokens
+    # the kept tokens are a prefix of the full scoring and score the same (causal model)
+    assert cut.token_losses == pytest.approx(full.token_losses[:cut.n_tokens], abs=1e-5)
+    assert cut.prompt == prompt and cut.spans[-1][1] < len(prompt)
+
+
+def test_prompt_errors_and_progress(tiny_vlm):
+    vlm = tiny_vlm("llava")
+    imgs = [random_image(8), random_image(9), random_image(10)]
+    with pytest.raises(ScoreInputError, match="prompt 1 is empty or whitespace-only"):
+        vlm.score(imgs, ["a cat", "  \n\t", "a dog"])
+    with pytest.raises(ScoreInputError, match="3 images but 2 prompts"):
+        vlm.score(imgs, ["a", "b"])
+    with pytest.raises(ScoreInputError, match="reduction"):
+        vlm.score(imgs, "a cat", reduction="median")
+    calls = []
+    vlm.score(imgs, "a cat", batch_size=2, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(2, 3), (3, 3)]
+
+    def abort(done, total):
+        raise KeyboardInterrupt("stop")
+    with pytest.raises(KeyboardInterrupt):
+        vlm.score(imgs, "a cat", batch_size=1, progress=abort)
+    assert not math.isnan(vlm.score(imgs[:1], "a cat")[0].reward)  # usable after an abort
