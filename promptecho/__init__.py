@@ -17,7 +17,10 @@ from .results import RerankResult, ScoreResult, VQAResult, WordScore  # noqa: E4
 
 
 def __getattr__(name):  # lazy: importing promptecho must not import torch/transformers
-    if name in ("load_vlm", "VLM", "VLMLoadError", "clear_cache"):
+    if name in ("load_vlm", "VLM", "VLMLoadError", "ScoreInputError", "clear_cache"):
         from . import vlm
         return getattr(vlm, name)
+    if name in ("to_pil_list", "ImageInputError"):
+        from . import images
+        return getattr(images, name)
     raise AttributeError(name)

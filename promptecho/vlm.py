@@ -391,6 +391,11 @@ class VLM:
         self._prepare(row)
         return row
 
+    def _prepared_vqa_row(self, image, prompt: str, system_prompt: Optional[str] = None) -> _Row:
+        row = _Row("vqa", 0, to_pil_list(image)[0], prompt, VQA_TEMPLATE.format(prompt=prompt), system_prompt)
+        self._prepare(row)
+        return row
+
     # ------------------------------------------------------------------ batching core
     def _run(self, rows: List[_Row], batch_size: int, progress) -> None:
         done, total = 0, len(rows)
