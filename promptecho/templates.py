@@ -79,10 +79,22 @@ class TemplateBuilder:
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.path = check_buildable(processor)
         self._specials = _special_strings(self.tokenizer)
+        self.special_strings = tuple(self._specials)
         self.image_token = getattr(processor, "image_token", None) or "<image>"
+        self._split_cache: dict = {}
 
     # -- chat path ---------------------------------------------------------------------------------------
     def _render_split(self, user_text: str, system_prompt: Optional[str]) -> Tuple[str, str]:
+        key = (user_text, system_prompt)
+        hit = self._split_cache.get(key)
+        if hit is None:  # rendering Jinja per row is slow; every row with the same query shares the split
+            hit = self._render_split_uncached(user_text, system_prompt)
+            if len(self._split_cache) > 256:
+                self._split_cache.clear()
+            self._split_cache[key] = hit
+        return hit
+
+    def _render_split_uncached(self, user_text: str, system_prompt: Optional[str]) -> Tuple[str, str]:
         messages = []
         if system_prompt is not None:
             messages.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})

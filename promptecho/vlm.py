@@ -218,11 +218,15 @@ class VLM:
         self.path = path
         self.builder = builder or TemplateBuilder(processor)
         self.padding_side = "left"  # right padding gives identical results; left is what generation uses
+        self.prefetch: Optional[bool] = None  # prepare the next batch on a thread; None: only on accelerators
         self.max_length = self._model_max_length()
         self._cache_key = None
         self._lock = threading.RLock()
         params = inspect.signature(model.forward).parameters
         self._has_logits_to_keep = "logits_to_keep" in params
+        # transformers versions with `slice_logits_to_keep` accept a per-row [B, K] position tensor
+        import transformers.modeling_utils as mu
+        self._per_row_logits_to_keep = hasattr(mu, "slice_logits_to_keep")
         self._variant_cache: Dict[str, Tuple[int, ...]] = {}
 
     # ------------------------------------------------------------------ properties
@@ -293,6 +297,11 @@ class VLM:
             raise ScoreInputError("system_prompt must be a string or None")
         pil = to_pil_list(images)
         prompt_list = _align_prompts(prompts, len(pil))
+        if len(pil) == 1 and len(prompt_list) > 1:  # one image, several prompts: score each against it
+            pil = pil * len(prompt_list)
+        self._reject_special_tokens(query, "query")
+        for i, p in enumerate(prompt_list):
+            self._reject_special_tokens(p, f"prompt {i}")
         rows: List[_Row] = []
         for i, (img, p) in enumerate(zip(pil, prompt_list)):
             if promptecho:
@@ -397,19 +406,55 @@ class VLM:
         return row
 
     # ------------------------------------------------------------------ batching core
+    def _reject_special_tokens(self, text: str, what: str) -> None:
+        # the processor would read e.g. "<image>" in a prompt as an image slot and the tokenizer would turn
+        # "<|im_end|>" into a control token: refuse rather than score something other than the text
+        for tok in self.builder.special_strings:
+            if tok in text:
+                raise ScoreInputError(f"{what} contains the model's special token {tok!r}; remove it")
+
     def _run(self, rows: List[_Row], batch_size: int, progress) -> None:
-        done, total = 0, len(rows)
+        total = len(rows)
+        # rows of similar length share a batch: less padding (results do not depend on the grouping)
+        rows = sorted(rows, key=lambda r: len(r.ids))
+        groups: List[List[_Row]] = []
         for b in range(0, total, batch_size):
-            chunk = rows[b:b + batch_size]
             # one processor call needs one add_special_tokens value (differs only with unusual templates)
-            groups: Dict[bool, List[_Row]] = {}
-            for r in chunk:
-                groups.setdefault(r.text.add_special_tokens, []).append(r)
-            for group in groups.values():
-                self._forward_rows(group)
-            done += len(chunk)
-            if progress is not None:
-                progress(done, total)
+            by_flag: Dict[bool, List[_Row]] = {}
+            for r in rows[b:b + batch_size]:
+                by_flag.setdefault(r.text.add_special_tokens, []).append(r)
+            groups.extend(by_flag.values())
+        done = 0
+        prefetch = self.prefetch if self.prefetch is not None else self.device.type != "cpu"
+        if len(groups) == 1 or not prefetch:
+            for group in groups:
+                self._forward_rows(group, self._fit_lengths(group))
+                done += len(group)
+                if progress is not None:
+                    progress(done, total)
+            return
+        # accelerator: prepare batch k+1 (image processing, tokenization) on a CPU thread while the
+        # device runs batch k; on CPU the two would only compete for the same cores
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(self._fit_lengths, groups[0])
+            for k, group in enumerate(groups):
+                prepared = pending.result()
+                if k + 1 < len(groups):
+                    pending = pool.submit(self._fit_lengths, groups[k + 1])
+                try:
+                    self._forward_rows(group, prepared)
+                except BaseException:
+                    pending.cancel()
+                    raise
+                done += len(group)
+                if progress is not None:
+                    try:
+                        progress(done, total)
+                    except BaseException:
+                        pending.cancel()
+                        raise
 
     def _process(self, rows: List[_Row]):
         kwargs = dict(text=[r.text.text for r in rows], images=[[r.image] for r in rows], padding=True,
@@ -451,8 +496,8 @@ class VLM:
                 return enc, bounds
         raise ScoreInputError("could not fit the prompts into the model's length limit")
 
-    def _forward_rows(self, rows: List[_Row]) -> None:
-        enc, bounds = self._fit_lengths(rows)
+    def _forward_rows(self, rows: List[_Row], prepared) -> None:
+        enc, bounds = prepared
         ids = enc["input_ids"]
         positions, targets = [], []
         for k, (r, (s, e)) in enumerate(zip(rows, bounds)):
@@ -478,8 +523,12 @@ class VLM:
                   for k, v in inputs.items()}
         keep = window_index(positions).to(dev)
         with torch.inference_mode():
-            if self._has_logits_to_keep:
+            if self._has_logits_to_keep and self._per_row_logits_to_keep:
                 logits = self.model(**inputs, logits_to_keep=keep).logits
+            elif self._has_logits_to_keep:  # older transformers: one 1D index list shared by all rows
+                union = torch.unique(keep)
+                sliced = self.model(**inputs, logits_to_keep=union).logits
+                logits = torch.take_along_dim(sliced, torch.searchsorted(union, keep)[..., None], dim=1)
             else:  # fallback: full logits, sliced before the fp32 log-softmax
                 full = self.model(**inputs).logits
                 logits = torch.take_along_dim(full, keep[..., None], dim=1)
@@ -498,8 +547,8 @@ class VLM:
         end_loss = r.losses[n_ans] if r.end_idx is not None else None
         counted = answer_losses + ([end_loss] if include_end_token and end_loss is not None else [])
         loss = reduce_losses(counted, reduction)
-        tokens = [self.tokenizer.decode([t], skip_special_tokens=False, clean_up_tokenization_spaces=False)
-                  for t in r.ids[r.i0:r.i1]]
+        tokens = self.tokenizer.batch_decode([[t] for t in r.ids[r.i0:r.i1]], skip_special_tokens=False,
+                                             clean_up_tokenization_spaces=False)
         spans = [tuple(s) for s in r.spans]
         return ScoreResult(prompt=r.prompt, reward=-loss, loss=loss, reduction=reduction,
                            token_losses=[float(x) for x in answer_losses], tokens=tokens, spans=spans,
@@ -523,8 +572,9 @@ def _align_prompts(prompts, n: int) -> List[str]:
         prompts = list(prompts)
         if len(prompts) == 1 and n > 1:
             prompts = prompts * n
-        if len(prompts) != n:
-            raise ScoreInputError(f"got {n} images but {len(prompts)} prompts; pass one prompt or one per image")
+        if len(prompts) != n and n != 1:
+            raise ScoreInputError(f"got {n} images but {len(prompts)} prompts; pass one prompt, one image, "
+                                  "or one prompt per image")
     else:
         raise ScoreInputError(f"prompts must be a string or a list of strings, got {type(prompts).__name__}")
     for i, p in enumerate(prompts):

@@ -191,3 +191,52 @@ def test_prompt_errors_and_progress(tiny_vlm):
     with pytest.raises(KeyboardInterrupt):
         vlm.score(imgs, "a cat", batch_size=1, progress=abort)
     assert not math.isnan(vlm.score(imgs[:1], "a cat")[0].reward)  # usable after an abort
+
+
+def test_shared_window_fallback_and_full_logits_fallback_agree(tiny_vlm):
+    """Older transformers take one 1D position list for all rows; models without logits_to_keep give full
+    logits. Both fallbacks must give the per-row result."""
+    vlm = tiny_vlm("llava")
+    images = [random_image(30), random_image(31)]
+    prompts = ["a cat", "two red birds over a bridge"]
+    ref = vlm.score(images, prompts)
+    for attr in ("_per_row_logits_to_keep", "_has_logits_to_keep"):
+        old, old_side = getattr(vlm, attr), vlm.padding_side
+        setattr(vlm, attr, False)
+        vlm.padding_side = "right"  # windows at different positions per row
+        try:
+            got = vlm.score(images, prompts)
+        finally:
+            setattr(vlm, attr, old)
+            vlm.padding_side = old_side
+        for a, b in zip(got, ref):
+            assert a.token_losses == pytest.approx(b.token_losses, abs=1e-5)
+
+
+def test_one_image_many_prompts_and_special_tokens_refused(tiny_vlm):
+    vlm = tiny_vlm("llava")
+    img = random_image(32)
+    many = vlm.score([img], ["a cat", "a dog"])
+    assert [r.prompt for r in many] == ["a cat", "a dog"]
+    assert many[1].token_losses == pytest.approx(vlm.score([img], "a dog")[0].token_losses, abs=1e-6)
+    with pytest.raises(ScoreInputError, match="prompt 0 contains the model's special token '<image>'"):
+        vlm.score([img], "a photo <image> of a cat")
+
+
+def test_prefetch_pipeline_gives_identical_results(tiny_vlm):
+    """The accelerator path prepares batch k+1 on a thread while batch k runs; forced on here on CPU."""
+    vlm = tiny_vlm("llava")
+    images = [random_image(40 + i, 20 + 7 * i, 30) for i in range(5)]
+    prompts = [f"a {w} circle" for w in ("red", "blue", "big red", "small green", "tiny")]
+    ref = vlm.score(images, prompts, batch_size=2)
+    calls = []
+    vlm.prefetch = True
+    try:
+        got = vlm.score(images, prompts, batch_size=2, progress=lambda d, t: calls.append(d))
+        with pytest.raises(RuntimeError, match="abort"):
+            vlm.score(images, prompts, batch_size=1, progress=lambda d, t: (_ for _ in ()).throw(RuntimeError("abort")))
+    finally:
+        vlm.prefetch = None
+    assert calls == [2, 4, 5]
+    for a, b in zip(got, ref):
+        assert a.token_losses == pytest.approx(b.token_losses, abs=1e-6)
