@@ -95,19 +95,33 @@ class TemplateBuilder:
         return hit
 
     def _render_split_uncached(self, user_text: str, system_prompt: Optional[str]) -> Tuple[str, str]:
-        messages = []
-        if system_prompt is not None:
-            messages.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
-        messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": user_text}]})
-        messages.append({"role": "assistant", "content": [{"type": "text", "text": MARKER}]})
-        rendered = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
-        if isinstance(rendered, list):
-            rendered = rendered[0]
-        if rendered.count(MARKER) != 1:
-            raise TemplateError("the chat template does not render the assistant turn's text verbatim; "
-                                "cannot locate the answer")
-        prefix, suffix = rendered.split(MARKER)
-        return prefix, suffix
+        # content as a list of typed parts (what multimodal templates expect); some templates render an
+        # assistant turn only from a plain string, and would print the list's repr around the marker
+        errors = []
+        for assistant_content in ([{"type": "text", "text": MARKER}], MARKER):
+            messages = []
+            if system_prompt is not None:
+                messages.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
+            messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": user_text}]})
+            messages.append({"role": "assistant", "content": assistant_content})
+            try:
+                rendered = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+            except Exception as e:  # jinja raise_exception(...), e.g. "system role not supported"
+                errors.append(str(e))
+                continue
+            if isinstance(rendered, list):
+                rendered = rendered[0]
+            if rendered.count(MARKER) != 1:
+                errors.append("the assistant text is not rendered verbatim")
+                continue
+            prefix, suffix = rendered.split(MARKER)
+            if prefix.rstrip().endswith(("'text': '", '"text": "')):
+                errors.append("the assistant content list is rendered as Python data")
+                continue
+            return prefix, suffix
+        what = "with this system prompt" if system_prompt is not None else "for an image + text user turn"
+        raise TemplateError(f"the model's chat template cannot render a conversation {what}: "
+                            + "; ".join(dict.fromkeys(errors)))
 
     def _add_special(self, text: str) -> bool:
         # Gemma3-style templates emit BOS themselves; the tokenizer would add a second one.

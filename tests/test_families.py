@@ -103,3 +103,45 @@ def test_paligemma_uses_prefix_suffix_path(tiny_vlm):
     n_suffix = sum(tt)
     assert n_suffix == len(row.ids)  # suffix = prompt tokens + EOS
     assert enc["input_ids"][0, -1].item() == vlm.tokenizer.eos_token_id
+
+
+def test_template_that_refuses_a_system_turn_gives_a_clear_error(tiny_vlm):
+    from promptecho.templates import TemplateBuilder, TemplateError
+
+    vlm = tiny_vlm("llava")
+
+    class NoSystem:  # a processor whose template raises on system turns, like several released ones
+        tokenizer = vlm.tokenizer
+        image_token = "<image>"
+        chat_template = "x"
+
+        def apply_chat_template(self, messages, **kw):
+            if messages[0]["role"] == "system":
+                raise ValueError("System role not supported")
+            return vlm.processor.apply_chat_template(messages, **kw)
+
+    builder = TemplateBuilder(NoSystem())
+    assert builder.score_row("a cat", "Describe.", None).text.endswith("ASSISTANT: a cat")
+    with pytest.raises(TemplateError, match="with this system prompt: System role not supported"):
+        builder.score_row("a cat", "Describe.", "Be brief.")
+
+
+def test_template_rendering_assistant_text_from_a_string_only(tiny_vlm):
+    from promptecho.templates import TemplateBuilder
+
+    vlm = tiny_vlm("qwen3_vl")
+
+    class StringOnly:  # prints message content verbatim: a list would show up as its Python repr
+        tokenizer = vlm.tokenizer
+        image_token = "<|image_pad|>"
+        chat_template = "x"
+
+        def apply_chat_template(self, messages, **kw):
+            out = ""
+            for m in messages:
+                body = m["content"] if m["role"] == "assistant" else "<|image_pad|>" + m["content"][-1]["text"]
+                out += f"<|im_start|>{m['role']}\n{body}<|im_end|>\n"
+            return out
+
+    row = TemplateBuilder(StringOnly()).score_row("a cat", "Describe.", None)
+    assert row.text.endswith("<|im_start|>assistant\na cat<|im_end|>") and row.end_token == "<|im_end|>"
