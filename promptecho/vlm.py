@@ -168,10 +168,15 @@ def _load_uncached(path, local, dt, dev, allow_download, trust_remote_code, allo
     except TemplateError as e:
         raise VLMLoadError(f"{path}: {e}") from e
     try:
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dt, use_safetensors=not allow_pickle,
-                                                            **common)
+        model, info = AutoModelForImageTextToText.from_pretrained(
+            path, dtype=dt, use_safetensors=not allow_pickle, output_loading_info=True, **common)
     except (OSError, ValueError, KeyError) as e:
         raise VLMLoadError(f"cannot load the model weights of {path}: {e}") from e
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:  # transformers would silently initialise them at random: scores would be noise
+        raise VLMLoadError(f"{path}: the checkpoint lacks {len(missing)} weight(s) the architecture needs "
+                           f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); they would be random, "
+                           "so the scores would be meaningless. Check that the weights match config.json.")
     model.to(dev).eval().requires_grad_(False)
     return VLM(model, processor, name=os.path.basename(os.path.normpath(path)) or path, path=path,
                builder=builder)
