@@ -240,3 +240,23 @@ def test_prefetch_pipeline_gives_identical_results(tiny_vlm):
     assert calls == [2, 4, 5]
     for a, b in zip(got, ref):
         assert a.token_losses == pytest.approx(b.token_losses, abs=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("family", ["llava", "qwen3_vl", "gemma3"])
+def test_cuda_matches_cpu(tiny_dir, family):
+    from promptecho.vlm import load_vlm
+
+    cpu = load_vlm(tiny_dir(family), dtype="fp32", device="cpu")
+    gpu = load_vlm(tiny_dir(family), dtype="fp32", device="cuda")
+    assert gpu is not cpu and gpu.device.type == "cuda"
+    images = [random_image(50 + i, 30 + 9 * i, 40) for i in range(5)]
+    prompts = ["a cat", "two dogs on a beach", "a red circle left of a blue square", "hi", UNICODE_PROMPT]
+    a = cpu.score(images, prompts, batch_size=2)
+    b = gpu.score(images, prompts, batch_size=2)  # several batches: exercises the prefetch thread
+    for x, y in zip(a, b):
+        assert x.token_losses == pytest.approx(y.token_losses, abs=1e-4)
+    half = load_vlm(tiny_dir(family), dtype="auto", device="cuda")
+    assert half.dtype in (torch.bfloat16, torch.float16)
+    for x, y in zip(a, half.score(images, prompts, batch_size=2)):
+        assert abs(x.loss - y.loss) < 0.1
