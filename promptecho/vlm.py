@@ -158,7 +158,7 @@ def _load_uncached(path, local, dt, dev, allow_download, trust_remote_code, allo
     try:
         processor = AutoProcessor.from_pretrained(path, **common)
     except ImportError as e:
-        raise VLMLoadError(f"the processor of {path} needs a missing package: {e}") from e
+        raise VLMLoadError(f"the processor of {path} needs a missing package: {' '.join(str(e).split())}") from e
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise VLMLoadError(f"cannot load the processor of {path}: {e}") from e
     if getattr(processor, "tokenizer", None) is None:
@@ -382,8 +382,9 @@ class VLM:
             row.text = RowText(text=cand, suffix=None, tail_text=cand, tail_special_tokens=special,
                                answer=(len(cand), len(cand)), end_token=None, add_special_tokens=rt.add_special_tokens)
             row.ids, row.vqa_back = ctx, 1
-        row.yes_ids = tuple(sorted(set(first_yes) | set(self._single_token_variants(_YES))))
-        row.no_ids = tuple(sorted(set(first_no) | set(self._single_token_variants(_NO))))
+        yes = set(first_yes) | set(self._single_token_variants(_YES))
+        no = set(first_no) | set(self._single_token_variants(_NO))
+        row.yes_ids, row.no_ids = tuple(sorted(yes - no)), tuple(sorted(no - yes))  # a shared token says neither
         if not row.yes_ids or not row.no_ids:
             raise ScoreInputError(f"{self.name}: cannot find 'Yes'/'No' tokens in the vocabulary for VQAScore")
 
