@@ -224,6 +224,9 @@ class VLM:
         self.builder = builder or TemplateBuilder(processor)
         self.padding_side = "left"  # right padding gives identical results; left is what generation uses
         self.prefetch: Optional[bool] = None  # prepare the next batch on a thread; None: only on accelerators
+        # opt-in: image resizing/normalising on the model's device (torchvision-backed processors only);
+        # faster on GPUs, but resampling there differs slightly from the CPU path
+        self.images_on_device = False
         self.max_length = self._model_max_length()
         self._cache_key = None
         self._lock = threading.RLock()
@@ -467,6 +470,8 @@ class VLM:
                       return_tensors="pt", add_special_tokens=rows[0].text.add_special_tokens)
         if self.builder.path == "prefix_suffix":
             kwargs["suffix"] = [r.text.suffix for r in rows]
+        if self.images_on_device and self.device.type != "cpu":
+            kwargs["device"] = str(self.device)  # torchvision-backed image processors resize on the device
         tok = self.tokenizer
         old_side = tok.padding_side
         tok.padding_side = self.padding_side

@@ -256,6 +256,12 @@ def test_cuda_matches_cpu(tiny_dir, family):
     b = gpu.score(images, prompts, batch_size=2)  # several batches: exercises the prefetch thread
     for x, y in zip(a, b):
         assert x.token_losses == pytest.approx(y.token_losses, abs=1e-4)
+    gpu.images_on_device = True  # opt-in GPU image processing: same tokens, nearly the same losses
+    try:
+        for x, y in zip(a, gpu.score(images, prompts, batch_size=2)):
+            assert x.tokens == y.tokens and abs(x.loss - y.loss) < 0.05
+    finally:
+        gpu.images_on_device = False
     half = load_vlm(tiny_dir(family), dtype="auto", device="cuda")
     assert half.dtype in (torch.bfloat16, torch.float16)
     for x, y in zip(a, half.score(images, prompts, batch_size=2)):

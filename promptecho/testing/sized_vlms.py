@@ -88,12 +88,14 @@ def main(argv=None):
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the GPU")
     ap.add_argument("--attn", default="sdpa")
     ap.add_argument("--fast-images", action="store_true", help="torchvision image processor")
+    ap.add_argument("--images-on-device", action="store_true", help="image processing on the GPU")
     ap.add_argument("--profile", action="store_true", help="print the top CUDA ops of one bare forward")
     args = ap.parse_args(argv)
 
     t0 = time.time()
     vlm = build_qwen3_vl_8b(attn_implementation=args.attn, fast_images=args.fast_images)
     build_s = time.time() - t0
+    vlm.images_on_device = args.images_on_device
     rng = random.Random(0)
     images = [Image.fromarray(np.random.RandomState(i).randint(0, 256, (args.size, args.size, 3), dtype=np.uint8))
               for i in range(args.pairs)]
