@@ -343,8 +343,10 @@ class VLM:
 
     def _prepare(self, row: _Row) -> None:
         if row.kind == "score":
-            prompt = row.prompt if row.cut is None else row.prompt[:row.cut]
-            row.text = self.builder.score_row(prompt, row.query, row.system_prompt)
+            body = row.prompt if row.cut is None else row.prompt[:row.cut]
+            # outer whitespace carries no content (Gemma templates trim it); spans stay in prompt coordinates
+            lead = len(body) - len(body.lstrip())
+            row.text = self.builder.score_row(body.strip(), row.query, row.system_prompt)
             ids, offs = self._encode(row.text.tail_text, row.text.tail_special_tokens)
             a0, a1 = row.text.answer
             row.i0, row.i1 = answer_token_range(offs, a0, a1)
@@ -353,7 +355,7 @@ class VLM:
             row.ids = ids
             end_id = self.tokenizer.convert_tokens_to_ids(row.text.end_token) if row.text.end_token else None
             row.end_idx = row.i1 if (end_id is not None and row.i1 < len(ids) and ids[row.i1] == end_id) else None
-            row.spans = token_spans(offs[row.i0:row.i1], a0, a1)
+            row.spans = [(s + lead, e + lead) for s, e in token_spans(offs[row.i0:row.i1], a0, a1)]
             if row.cut is None:
                 row.n_full = row.i1 - row.i0
         else:

@@ -266,3 +266,15 @@ def test_cuda_matches_cpu(tiny_dir, family):
     assert half.dtype in (torch.bfloat16, torch.float16)
     for x, y in zip(a, half.score(images, prompts, batch_size=2)):
         assert abs(x.loss - y.loss) < 0.1
+
+
+@pytest.mark.parametrize("family", ["llava", "gemma3"])
+def test_outer_whitespace_is_not_scored_and_spans_stay_in_prompt_coordinates(tiny_vlm, family):
+    vlm = tiny_vlm(family)
+    img = random_image(60)
+    [plain] = vlm.score([img], "a red cat")
+    [padded] = vlm.score([img], "  a red cat \n")
+    assert padded.token_losses == pytest.approx(plain.token_losses, abs=1e-6)
+    assert padded.spans == [(s + 2, e + 2) for s, e in plain.spans]
+    assert [(w.text, w.start) for w in padded.words] == [("a", 2), ("red", 4), ("cat", 8)]
+    assert padded.prompt == "  a red cat \n"
