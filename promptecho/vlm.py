@@ -283,8 +283,8 @@ class VLM:
                                         batch_size=batch_size, progress=progress, vqa=False)
         return results
 
-    def vqascore(self, images, prompts, batch_size: int = 8, system_prompt: Optional[str] = None,
-                 progress: Optional[Callable[[int, int], None]] = None) -> List[VQAResult]:
+    def vqascore(self, images, prompts, batch_size: int = 8, progress: Optional[Callable[[int, int], None]] = None,
+                 system_prompt: Optional[str] = None) -> List[VQAResult]:
         """VQAScore baseline: P("Yes") (and P(yes)/(P(yes)+P(no))) after VQA_TEMPLATE.format(prompt=...)."""
         _, results = self.score_and_vqa(images, prompts, system_prompt=system_prompt, batch_size=batch_size,
                                         progress=progress, promptecho=False)
