@@ -278,3 +278,21 @@ def test_outer_whitespace_is_not_scored_and_spans_stay_in_prompt_coordinates(tin
     assert padded.spans == [(s + 2, e + 2) for s, e in plain.spans]
     assert [(w.text, w.start) for w in padded.words] == [("a", 2), ("red", 4), ("cat", 8)]
     assert padded.prompt == "  a red cat \n"
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen3_vl"])
+def test_lm_head_only_sees_the_answer_window(tiny_vlm, family):
+    """Logits are computed for the answer positions only, never vocabulary x every position."""
+    vlm = tiny_vlm(family)
+    seen = []
+    head = vlm.model.get_output_embeddings()
+    hook = head.register_forward_hook(lambda mod, inp, out: seen.append((tuple(inp[0].shape), tuple(out.shape))))
+    try:
+        res = vlm.score([random_image(61), random_image(62)], ["a cat", "two red birds over a bridge"])
+        row = vlm._prepared_row(random_image(61), "two red birds over a bridge")
+        seq_len = vlm._process([row])["input_ids"].shape[1]
+    finally:
+        hook.remove()
+    window = max(r.n_tokens + (r.end_token_loss is not None) for r in res)
+    [(inp, out)] = seen
+    assert inp[:2] == (2, window) and out[1] == window < seq_len
