@@ -113,3 +113,14 @@ def window_index(positions: Sequence[Sequence[int]], fill: Optional[int] = None)
         elif fill is not None:
             out[r, :] = fill
     return out
+
+
+def display_pieces(prompt: str, spans: Sequence[Span]) -> List[str]:
+    """Text of each token for display, without repeats: a character split over several byte-level tokens
+    goes to the first of them (the others get ''), so ''.join(pieces) is the scored part of the prompt."""
+    pieces, covered = [], None
+    for s, e in spans:
+        start = s if covered is None else max(s, covered)
+        pieces.append(prompt[start:e] if e > start else "")
+        covered = e if covered is None else max(covered, e)
+    return pieces

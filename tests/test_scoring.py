@@ -6,7 +6,7 @@ import torch
 
 from fixtures.engine import random_image, tiny_dir, tiny_vlm  # noqa: F401 (fixtures)
 from promptecho import DEFAULT_QUERY
-from promptecho.scoring import (answer_token_range, reduce_losses, rerank_order, token_losses, token_spans,
+from promptecho.scoring import (answer_token_range, display_pieces, reduce_losses, rerank_order, token_losses, token_spans,
                                 window_index, word_scores, yes_no_probs)
 from promptecho.vlm import ScoreInputError
 
@@ -46,6 +46,13 @@ def test_spans_fill_gaps_and_share_split_characters():
     offsets = [(0, 1), (2, 3), (2, 3), (3, 5)]
     spans = token_spans(offsets, 0, 6)
     assert spans == [(0, 1), (1, 3), (2, 3), (3, 6)]
+
+
+def test_display_pieces_do_not_repeat_split_characters():
+    prompt = "a 東"
+    spans = [(0, 1), (1, 3), (2, 3), (2, 3)]  # " 東" split into three byte tokens
+    assert display_pieces(prompt, spans) == ["a", " 東", "", ""]
+    assert "".join(display_pieces(prompt, spans)) == prompt
 
 
 def test_word_scores_count_a_token_for_every_word_it_overlaps():
@@ -144,6 +151,7 @@ def test_spans_rebuild_unicode_prompt_exactly(tiny_vlm, family):
     vlm = tiny_vlm(family)
     [res] = vlm.score([random_image(6)], UNICODE_PROMPT)
     assert _rebuild(UNICODE_PROMPT, res.spans) == UNICODE_PROMPT
+    assert "".join(display_pieces(UNICODE_PROMPT, res.spans)) == UNICODE_PROMPT
     assert len(res.spans) == len(res.tokens) == len(res.token_losses)
     # the scored tokens decode to the prompt (byte-level tokens split multi-byte characters)
     assert [w.text for w in res.words] == UNICODE_PROMPT.split()
