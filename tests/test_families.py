@@ -7,7 +7,8 @@ from fixtures.engine import random_image, tiny_dir, tiny_vlm  # noqa: F401 (fixt
 from promptecho.testing.tiny_vlms import FAMILIES
 
 END_TOKENS = {"llava": None, "qwen2_5_vl": "<|im_end|>", "qwen3_vl": "<|im_end|>", "smolvlm": "<end_of_utterance>",
-              "idefics3": "<end_of_utterance>", "gemma3": "<end_of_turn>", "paligemma": "<eos>"}
+              "idefics3": "<end_of_utterance>", "gemma3": "<end_of_turn>", "paligemma": "<eos>",
+              "internvl": "<|im_end|>"}
 PROMPT = "a red circle left of a blue square, café 東京"
 
 

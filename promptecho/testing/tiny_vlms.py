@@ -5,8 +5,8 @@ real processor class with a chat template shaped like the released checkpoint's,
 processor with ``save_pretrained``, so they reload through ``AutoProcessor`` /
 ``AutoModelForImageTextToText.from_pretrained`` exactly as a downloaded model would.
 
-Qwen2.5-VL, Qwen3-VL and SmolVLM processors need torchvision importable (transformers 5.x); the
-others do not. Nothing here downloads anything.
+Qwen2.5-VL, Qwen3-VL, SmolVLM and InternVL processors need torchvision importable (transformers 5.x);
+the others do not. Nothing here downloads anything.
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import os
 import random
 from typing import Callable, Dict, List, Sequence
 
-FAMILIES = ("llava", "qwen2_5_vl", "qwen3_vl", "smolvlm", "idefics3", "gemma3", "paligemma")
-NEEDS_TORCHVISION = frozenset({"qwen2_5_vl", "qwen3_vl", "smolvlm"})
+FAMILIES = ("llava", "qwen2_5_vl", "qwen3_vl", "smolvlm", "idefics3", "gemma3", "paligemma", "internvl")
+NEEDS_TORCHVISION = frozenset({"qwen2_5_vl", "qwen3_vl", "smolvlm", "internvl"})
 
 # Qwen2 pre-tokenisation pattern (splits letters, digits, punctuation and whitespace runs like Qwen does).
 _QWEN_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
@@ -308,7 +308,38 @@ def _paligemma():
     return PaliGemmaForConditionalGeneration(cfg), PaliGemmaProcessor(image_processor=ip, tokenizer=tok)
 
 
+INTERNVL_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}{% if message['content'] is string %}"
+    "{{ message['content'] }}{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' %}"
+    "{{ '<IMG_CONTEXT>\n' }}{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}"
+    "{% endif %}{{ '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def _internvl():
+    from transformers import InternVLConfig, InternVLForConditionalGeneration, InternVLProcessor
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+    from transformers.models.internvl.video_processing_internvl import InternVLVideoProcessor
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>"]
+    tok = _fast_tokenizer(specials, "<|im_start|>", "<|im_end|>", "<|endoftext|>",
+                          extra={"start_image_token": "<img>", "end_image_token": "</img>",
+                                 "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"})
+    cfg = InternVLConfig(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=[64, 64], patch_size=[16, 16]),
+        text_config=dict(_TEXT, model_type="qwen2", vocab_size=_padded_vocab(tok), bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
+        image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"), image_seq_length=4, downsample_ratio=0.5)
+    ip = GotOcr2ImageProcessorPil(size={"height": 64, "width": 64}, crop_to_patches=True, min_patches=1,
+                                  max_patches=4)
+    proc = InternVLProcessor(image_processor=ip, tokenizer=tok, image_seq_length=4,
+                             video_processor=InternVLVideoProcessor(size={"height": 64, "width": 64}),
+                             chat_template=INTERNVL_TEMPLATE)
+    return InternVLForConditionalGeneration(cfg), proc
+
+
 _BUILDERS: Dict[str, Callable] = {
+    "internvl": _internvl,
     "llava": _llava, "qwen2_5_vl": _qwen2_5_vl, "qwen3_vl": _qwen3_vl, "gemma3": _gemma3, "paligemma": _paligemma,
     "smolvlm": lambda: _idefics_like("smolvlm"), "idefics3": lambda: _idefics_like("idefics3"),
 }
