@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import inspect
 import json
+import logging
 import os
 import threading
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from .scoring import (answer_token_range, left_or_right_positions, reduce_losses
 from .templates import RowText, TemplateBuilder, TemplateError
 
 __all__ = ["VLM", "VLMLoadError", "ScoreInputError", "load_vlm", "clear_cache"]
+
+log = logging.getLogger("promptecho")
 
 
 class VLMLoadError(ValueError):
@@ -504,6 +507,8 @@ class VLM:
                     raise ScoreInputError(f"pair {r.index}: no prompt text fits the model limit of {self.max_length}")
                 r.cut = len(prompt)
                 self._prepare(r)
+                log.warning("%s: prompt %d truncated to %d of %d tokens (model limit %d tokens in all)", self.name,
+                            r.index, r.i1 - r.i0, r.n_full, self.max_length)
                 changed = True
             if not changed:
                 return enc, bounds

@@ -159,7 +159,7 @@ def test_spans_rebuild_unicode_prompt_exactly(tiny_vlm, family):
         assert UNICODE_PROMPT[w.start:w.end] == w.text and w.n_tokens >= 1
 
 
-def test_truncation_drops_prompt_tail_and_says_so(tiny_vlm):
+def test_truncation_drops_prompt_tail_and_says_so(tiny_vlm, caplog):
     vlm = tiny_vlm("llava")
     img = random_image(7)
     prompt = " ".join(["red circle left of a blue square"] * 6)
@@ -175,6 +175,7 @@ def test_truncation_drops_prompt_tail_and_says_so(tiny_vlm):
         vlm.max_length = old
     assert untouched.truncated_tokens == 0 and full.truncated_tokens == 0
     assert cut.truncated_tokens >= 10
+    assert "prompt 0 truncated" in caplog.text
     assert cut.n_tokens == full.n_tokens - cut.truncated_tokens
     # the kept tokens are a prefix of the full scoring and score the same (causal model)
     assert cut.token_losses == pytest.approx(full.token_losses[:cut.n_tokens], abs=1e-5)
