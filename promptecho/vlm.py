@@ -259,6 +259,19 @@ class VLM:
                 _CACHE[self._cache_key] = self
         return self
 
+    def compile_layers(self, backend: str = "inductor") -> int:
+        """Opt-in: torch.compile every text decoder layer (dynamic shapes). The first batches then take
+        about a minute to compile; afterwards a GPU forward is ~25 % faster (H100, Qwen3-VL-8B shapes).
+        Returns the number of compiled layers."""
+        import torch._dynamo
+
+        layers = [m for m in self.model.modules() if type(m).__name__.endswith("DecoderLayer")]
+        # one compiled graph per layer instance: raise dynamo's per-code cache so none falls back to eager
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 2 * len(layers) + 8)
+        for layer in layers:
+            layer.compile(dynamic=True, backend=backend)
+        return len(layers)
+
     def __repr__(self) -> str:
         return f"VLM({self.name!r}, {type(self.model).__name__}, device={self.device}, dtype={self.dtype})"
 

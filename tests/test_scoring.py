@@ -305,3 +305,37 @@ def test_lm_head_only_sees_the_answer_window(tiny_vlm, family):
     window = max(r.n_tokens + (r.end_token_loss is not None) for r in res)
     [(inp, out)] = seen
     assert inp[:2] == (2, window) and out[1] == window < seq_len
+
+
+def test_compile_layers_keeps_results(tiny_dir):
+    """compile_layers (opt-in) wraps the decoder layers; checked with dynamo's eager backend (no C compiler)."""
+    from promptecho.vlm import VLM, load_vlm
+
+    ref = load_vlm(tiny_dir("llava"), dtype="fp32", device="cpu")
+    fresh = VLM(*_fresh_model(tiny_dir("llava")), name="llava-compiled")
+    assert fresh.compile_layers(backend="eager") == 2
+    images = [random_image(70), random_image(71, 30, 50)]
+    prompts = ["a cat", "two red birds over a bridge"]
+    for a, b in zip(ref.score(images, prompts), fresh.score(images, prompts)):
+        assert a.token_losses == pytest.approx(b.token_losses, abs=1e-5)
+
+
+def _fresh_model(path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval().requires_grad_(False)
+    return model, AutoProcessor.from_pretrained(path)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_compile_layers_inductor_on_cuda(tiny_dir):
+    from promptecho.vlm import VLM, load_vlm
+
+    ref = load_vlm(tiny_dir("qwen3_vl"), dtype="fp32", device="cpu")
+    model, proc = _fresh_model(tiny_dir("qwen3_vl"))
+    fast = VLM(model.to("cuda"), proc, name="qwen3-compiled")
+    assert fast.compile_layers() == 2
+    images = [random_image(72 + i, 30 + 11 * i, 40) for i in range(4)]
+    prompts = ["a cat", "two red birds over a bridge", "hi", "a red circle left of a blue square"]
+    for a, b in zip(ref.score(images, prompts, batch_size=2), fast.score(images, prompts, batch_size=2)):
+        assert a.token_losses == pytest.approx(b.token_losses, abs=1e-4)

@@ -89,6 +89,7 @@ def main(argv=None):
     ap.add_argument("--attn", default="sdpa")
     ap.add_argument("--fast-images", action="store_true", help="torchvision image processor")
     ap.add_argument("--images-on-device", action="store_true", help="image processing on the GPU")
+    ap.add_argument("--compile", action="store_true", help="torch.compile each text decoder layer (experiment)")
     ap.add_argument("--profile", action="store_true", help="print the top CUDA ops of one bare forward")
     args = ap.parse_args(argv)
 
@@ -96,13 +97,18 @@ def main(argv=None):
     vlm = build_qwen3_vl_8b(attn_implementation=args.attn, fast_images=args.fast_images)
     build_s = time.time() - t0
     vlm.images_on_device = args.images_on_device
+    if args.compile:
+        vlm.compile_layers()
     rng = random.Random(0)
     images = [Image.fromarray(np.random.RandomState(i).randint(0, 256, (args.size, args.size, 3), dtype=np.uint8))
               for i in range(args.pairs)]
     prompts = [_prompt(rng, args.words) for _ in range(args.pairs)]
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
 
+    t = time.time()
     vlm.score(images[:args.batch], prompts[:args.batch], batch_size=args.batch)  # warm-up
+    vlm.score(images[-args.batch:], prompts[-args.batch:], batch_size=args.batch)
+    warm_s = time.time() - t
     sync()
     t = time.time()
     res = vlm.score(images, prompts, batch_size=args.batch)
@@ -139,7 +145,7 @@ def main(argv=None):
     # 2 FLOP per parameter per token: language model over the sequence, vision tower over the patches
     flop_pair = 2 * (n_params - vis_params) * float(np.mean(seq)) + 2 * vis_params * patches
     out = dict(device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-               params_b=round(n_params / 1e9, 2), vision_params_b=round(vis_params / 1e9, 3), build_s=round(build_s, 1),
+               params_b=round(n_params / 1e9, 2), vision_params_b=round(vis_params / 1e9, 3), build_s=round(build_s, 1), warmup_s=round(warm_s, 1),
                pairs=args.pairs, batch=args.batch, image_px=args.size, prompt_tokens_mean=float(np.mean(n_text)),
                seq_len_mean=float(np.mean(seq)), score_s=round(score_s, 3), prepare_s=round(prep_s, 3), bare_forward_s=round(bare_s, 3),
                pairs_per_s=round(args.pairs / score_s, 2), score_over_bare=round(score_s / bare_s, 3),
