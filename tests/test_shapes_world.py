@@ -1,0 +1,96 @@
+"""ShapesWorld grammar, renderer, oracle and splits."""
+import random
+
+import numpy as np
+import pytest
+
+from promptecho.shapes.oracle import check, detect
+from promptecho.shapes.render import IMAGE_SIZE, render
+from promptecho.shapes.world import (COLORS, CORRUPTION_KINDS, SHAPES, SIZES, atoms_from_caption, corrupt,
+                                     describe, sample_scene, sample_split, scene_description)
+
+
+def test_grammar_covers_required_vocabulary():
+    assert len(COLORS) >= 8 and len(SHAPES) >= 4 and len(SIZES) >= 2
+    rng = random.Random(0)
+    scenes = [sample_scene(rng) for _ in range(500)]
+    counts = {len(s.objects) for s in scenes}
+    assert counts == {1, 2, 3, 4}
+    caps = [describe(scene_description(s), i) for i, s in enumerate(scenes)]
+    joined = " ".join(caps)
+    for phrase in ("to the left of", "to the right of", "above", "below", "two ", "corner", "center"):
+        assert phrase in joined, phrase
+    # several wordings: the first four words of captions vary
+    assert len({" ".join(c.split()[:4]) for c in caps}) >= 5
+
+
+def test_caption_parses_back_to_its_atoms():
+    rng = random.Random(1)
+    for i in range(300):
+        s = sample_scene(rng)
+        d = scene_description(s)
+        assert atoms_from_caption(describe(d, i)).atoms == d.atoms
+
+
+def test_corruption_changes_exactly_one_fact():
+    rng = random.Random(2)
+    for i in range(200):
+        d = scene_description(sample_scene(rng))
+        for k in CORRUPTION_KINDS:
+            c = corrupt(d, k, rng)
+            if c is None:
+                continue
+            assert describe(c, i) != describe(d, i)
+            # the corrupted caption parses to the corrupted atoms (so the oracle checks what the text says)
+            assert atoms_from_caption(describe(c, i)).atoms == c.atoms
+
+
+def test_render_is_deterministic_and_antialiased():
+    s = sample_scene(random.Random(3), n_objects=3)
+    a, b = np.asarray(render(s)), np.asarray(render(s))
+    assert a.shape == (IMAGE_SIZE, IMAGE_SIZE, 3) and (a == b).all()
+    # anti-aliasing: edge pixels take intermediate values, not only background or pure palette colours
+    palette = {tuple(c) for c in COLORS.values()} | {(0, 0, 0)}
+    assert any(tuple(p) not in palette for p in a.reshape(-1, 3))
+
+
+def test_oracle_accepts_own_scenes_and_detects_corruptions():
+    data = sample_split("train", 300, seed=11)
+    own = [check(render(s), c).correct for s, c in data]
+    assert np.mean(own) >= 0.99
+    rng, detected, total = random.Random(5), 0, 0
+    for s, _ in data:
+        d, img = scene_description(s), render(s)
+        for k in CORRUPTION_KINDS:
+            c = corrupt(d, k, rng)
+            if c is not None:
+                total += 1
+                detected += not check(img, describe(c, s.seed)).correct
+    assert total > 800 and detected / total >= 0.99
+
+
+def test_oracle_detects_objects_exactly():
+    s = sample_scene(random.Random(7), n_objects=4)
+    found = sorted((o.color, o.shape, o.size, o.row, o.col) for o in detect(render(s)))
+    assert found == sorted((o.color, o.shape, o.size, o.row, o.col) for o in s.objects)
+
+
+def test_oracle_on_blank_image_fails_every_object_atom():
+    from PIL import Image
+    r = check(Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE)), "The image shows a large red circle on a black background.")
+    assert r.objects == [] and not r.correct and r.fraction < 1
+
+
+def test_splits_are_disjoint_by_content():
+    train = {c for _, c in sample_split("train", 3000, seed=0)}
+    evals = [c for _, c in sample_split("eval", 300, seed=0)]
+    assert not train.intersection(evals)
+    # and the split is by content: no eval *description* can be drawn in training under any wording
+    from promptecho.shapes.world import is_eval
+    assert all(is_eval(atoms_from_caption(c)) for c in evals)
+    assert not any(is_eval(atoms_from_caption(c)) for c in list(train)[:500])
+
+
+def test_bad_caption_is_rejected():
+    with pytest.raises(ValueError, match="no ShapesWorld objects"):
+        atoms_from_caption("a photo of a cat")
