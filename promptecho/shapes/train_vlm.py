@@ -1,0 +1,179 @@
+"""Train the ShapesWorld reward VLM from scratch (LLaVA architecture: CLIP vision tower + Llama decoder).
+
+    python -m promptecho.shapes.train_vlm [--out DIR] [--steps N] [--seed S]
+
+Two tasks, mixed in every batch, each as one chat turn built by the *engine's own* template code
+(promptecho.templates), so training and scoring see identical token sequences:
+  1. "Describe this image in detail." -> the dense caption (what PromptEcho scores);
+  2. 'Does this figure show "{caption}"? Please answer yes or no.' -> "Yes" / "No", half the captions
+     corrupted by one atom (so VQAScore on the same VLM is a fair baseline).
+Reproducible from --seed (data, init and batch order); CPU-only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+
+import torch
+
+from .. import DEFAULT_QUERY, VQA_TEMPLATE
+from . import default_vlm_path
+from .render import IMAGE_SIZE, render
+from .world import CORRUPTION_KINDS, corrupt, describe, sample_split, scene_description
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<image>\n' }}{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{{ '<|end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<image>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+PATCH = 8
+
+
+def build_tokenizer(corpus):
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
+    from tokenizers.models import BPE
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=640, special_tokens=SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>", extra_special_tokens={"image_token": "<image>"},
+                                   model_max_length=512)
+
+
+def build_model_and_processor(tokenizer, seed: int):
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    torch.manual_seed(seed)
+    vocab = ((len(tokenizer) + 63) // 64) * 64
+    cfg = LlavaConfig(
+        vision_config=dict(model_type="clip_vision_model", hidden_size=96, intermediate_size=256, num_hidden_layers=3,
+                           num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=PATCH, projection_dim=96),
+        text_config=dict(model_type="llama", vocab_size=vocab, hidden_size=128, intermediate_size=384,
+                         num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4, head_dim=32,
+                         max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.convert_tokens_to_ids("<|end|>"), pad_token_id=tokenizer.pad_token_id,
+                         tie_word_embeddings=True),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=(IMAGE_SIZE // PATCH) ** 2, vision_feature_select_strategy="default",
+        vision_feature_layer=-1, projector_hidden_act="gelu")
+    model = LlavaForConditionalGeneration(cfg)
+    ip = CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    proc = LlavaProcessor(image_processor=ip, tokenizer=tokenizer, patch_size=PATCH,
+                          vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                          chat_template=CHAT_TEMPLATE)
+    return model, proc
+
+
+class Batcher:
+    """Turns (image, question, answer) triples into processor tensors with labels on the answer only."""
+
+    def __init__(self, proc):
+        from ..templates import TemplateBuilder
+        from ..scoring import answer_token_range
+
+        self.proc, self.tok = proc, proc.tokenizer
+        self.builder = TemplateBuilder(proc)
+        self._range = answer_token_range
+
+    def __call__(self, rows):
+        texts, tails = [], []
+        for _, question, answer in rows:
+            rt = self.builder.score_row(answer, question, None)
+            enc = self.tok(rt.tail_text, add_special_tokens=rt.tail_special_tokens, return_offsets_mapping=True)
+            i0, i1 = self._range([tuple(o) for o in enc["offset_mapping"]], *rt.answer)
+            texts.append(rt.text)
+            # answer tokens + the end-of-turn token, counted from the end of the row
+            tails.append((len(enc["input_ids"]) - i0, len(enc["input_ids"]) - i1 - 1))
+        batch = self.proc(text=texts, images=[[r[0]] for r in rows], return_tensors="pt", padding=True,
+                          padding_side="right")
+        labels = torch.full_like(batch["input_ids"], -100)
+        lengths = batch["attention_mask"].sum(1)
+        for b, (back0, back1) in enumerate(tails):
+            L = int(lengths[b])
+            labels[b, L - back0:L - max(back1, 0)] = batch["input_ids"][b, L - back0:L - max(back1, 0)]
+        batch["labels"] = labels
+        return batch
+
+
+def make_rows(rng: random.Random, data, n: int, vqa_share: float):
+    rows = []
+    for _ in range(n):
+        scene, cap = data[rng.randrange(len(data))]
+        img = render(scene)
+        if rng.random() < vqa_share:
+            if rng.random() < 0.5:
+                rows.append((img, VQA_TEMPLATE.format(prompt=cap), "Yes"))
+            else:
+                d = scene_description(scene)
+                bad = None
+                while bad is None:
+                    bad = corrupt(d, rng.choice(CORRUPTION_KINDS), rng)
+                rows.append((img, VQA_TEMPLATE.format(prompt=describe(bad, scene.seed)), "No"))
+        else:
+            rows.append((img, DEFAULT_QUERY, cap))
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=default_vlm_path())
+    ap.add_argument("--steps", type=int, default=2400)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scenes", type=int, default=40000, help="distinct training scenes")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rng = random.Random(args.seed)
+    data = sample_split("train", args.scenes, seed=args.seed)
+    corpus = [c for _, c in data[:20000]] + [DEFAULT_QUERY, VQA_TEMPLATE.format(prompt="x"), "Yes", "No"] * 50
+    tok = build_tokenizer(corpus)
+    model, proc = build_model_and_processor(tok, args.seed)
+    batcher = Batcher(proc)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"params {n_params / 1e6:.2f} M, vocab {len(tok)}, scenes {len(data)}", flush=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    warm = 100
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))))
+    model.train()
+    t0, ema = time.time(), None
+    for step in range(args.steps):
+        batch = batcher(make_rows(rng, data, args.batch_size, vqa_share=0.25))
+        loss = model(**batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        if step % 100 == 0 or step == args.steps - 1:
+            print(f"step {step:5d}  loss {ema:.4f}  {time.time() - t0:6.0f}s", flush=True)
+    model.eval()
+    os.makedirs(args.out, exist_ok=True)
+    model.save_pretrained(args.out, safe_serialization=True)
+    proc.save_pretrained(args.out)
+    with open(os.path.join(args.out, "training.json"), "w") as f:
+        json.dump({"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+                   "scenes": args.scenes, "params": n_params, "seconds": round(time.time() - t0)}, f, indent=1)
+    print(f"saved to {args.out} in {time.time() - t0:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
