@@ -1,0 +1,198 @@
+"""ShapesWorld text-to-image generator: a pixel-space flow-matching pipeline built from diffusers parts.
+
+Components (all standard library classes, saved/loaded by diffusers' own machinery):
+  transformer: diffusers `SD3Transformer2DModel` (MMDiT) acting directly on 48x48 RGB pixels (patch 8)
+  text_encoder: transformers `T5EncoderModel` (tiny), tokenizer: word-level `PreTrainedTokenizerFast`
+  scheduler: diffusers `FlowMatchEulerDiscreteScheduler`
+There is no VAE: at 48 px a pixel-space model is cheaper than training an autoencoder on 2 CPU cores.
+
+Adapter-facing API (what a trainer such as GRPO relies on):
+  pipe.encode_prompt(prompts) -> (embeds [B,L,D], pooled [B,D])          # "" is the unconditional prompt
+  pipe.velocity(x, sigma, embeds, pooled) -> v                           # x in [-1,1], sigma in [0,1] per sample
+  pipe.initial_noise(batch, generator) -> x_1 ~ N(0, I) [B,3,48,48]
+  pipe.sigmas(num_inference_steps) -> tensor [N+1] from 1 to 0 (the scheduler's schedule)
+  pipe.decode(x) -> images in [0,1] [B,3,H,W]; pipe.to_output(x01, output_type)
+  Flow convention: x_sigma = (1 - sigma) * x_0 + sigma * noise, v = noise - x_0, x_next = x + (sigma_next - sigma) v.
+  LoRA targets: the transformer's attention projections to_q, to_k, to_v, to_out.0 (and add_*_proj).
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Union
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+from diffusers.utils import BaseOutput
+from PIL import Image
+
+from .render import IMAGE_SIZE
+from .world import COLORS, NUMBERS, REGIONS, SHAPES, SIZES
+
+PATCH = 8  # 6x6 image tokens: fast enough on CPU for best-of-N and RL
+MAX_TEXT_TOKENS = 128
+DEFAULT_STEPS = 12  # sampling defaults used by eval, best-of-N and GRPO evaluation
+DEFAULT_GUIDANCE = 2.5
+
+
+class ShapesWorldPipelineOutput(BaseOutput):
+    images: Union[List[Image.Image], np.ndarray, torch.Tensor]
+
+
+def caption_vocabulary() -> List[str]:
+    words = set()
+    for s in ("the image shows on a black background this picture contains drawn plain there is are "
+              "simple scene with against dark in we can see sits corner of side appears at placed right "
+              "center to left located above below and an top bottom one").split():
+        words.add(s)
+    words |= set(COLORS) | set(SHAPES) | {s + "s" for s in SHAPES} | set(SIZES) | set(NUMBERS.values())
+    for r in REGIONS.values():
+        words |= set(r.split())
+    return sorted(words) + [".", ","]
+
+
+def build_tokenizer():
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    for w in caption_vocabulary():
+        vocab.setdefault(w, len(vocab))
+    tk = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    tk.normalizer = normalizers.Lowercase()
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tk.post_processor = TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                   model_max_length=MAX_TEXT_TOKENS)
+
+
+def build_components(seed: int = 0, width: int = 128, layers: int = 4):
+    """Fresh random-weight components (what train_generator starts from; tests use them too)."""
+    from transformers import T5Config, T5EncoderModel
+
+    tok = build_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = T5EncoderModel(T5Config(vocab_size=len(tok), d_model=width, d_kv=width // 4, d_ff=2 * width,
+                                           num_layers=2, num_heads=4, relative_attention_num_buckets=16,
+                                           pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+                                           dropout_rate=0.0))
+    transformer = SD3Transformer2DModel(
+        sample_size=IMAGE_SIZE, patch_size=PATCH, in_channels=3, out_channels=3, num_layers=layers,
+        attention_head_dim=width // 4, num_attention_heads=4, joint_attention_dim=width,
+        caption_projection_dim=width, pooled_projection_dim=width, pos_embed_max_size=IMAGE_SIZE // PATCH)
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+    return dict(transformer=transformer, text_encoder=text_encoder, tokenizer=tok, scheduler=scheduler)
+
+
+class ShapesWorldPipeline(DiffusionPipeline):
+    """Text-to-image for ShapesWorld captions; called like any diffusers pipeline."""
+
+    model_cpu_offload_seq = "text_encoder->transformer"
+
+    def __init__(self, transformer, text_encoder, tokenizer, scheduler):
+        super().__init__()
+        self.register_modules(transformer=transformer, text_encoder=text_encoder, tokenizer=tokenizer,
+                              scheduler=scheduler)
+
+    # ---------------------------------------------------------------------------------------- parts
+    @torch.no_grad()
+    def encode_prompt(self, prompts: Union[str, List[str]], device=None):
+        """Token states and a masked-mean pooled vector per prompt. Runs without grad (the text encoder is frozen)."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        device = device or self._execution_device
+        enc = self.tokenizer(prompts, padding="longest", truncation=True, max_length=MAX_TEXT_TOKENS,
+                             return_tensors="pt").to(device)
+        h = self.text_encoder(input_ids=enc.input_ids, attention_mask=enc.attention_mask).last_hidden_state
+        m = enc.attention_mask.unsqueeze(-1).to(h.dtype)
+        pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)
+        return h * m, pooled
+
+    def velocity(self, x, sigma, embeds, pooled):
+        """Flow velocity v = noise - x0 predicted at noise level sigma (tensor [B] or float)."""
+        if not torch.is_tensor(sigma):
+            sigma = torch.full((x.shape[0],), float(sigma), device=x.device)
+        sigma = sigma.to(x.device, torch.float32).reshape(-1).expand(x.shape[0])
+        return self.transformer(hidden_states=x, encoder_hidden_states=embeds, pooled_projections=pooled,
+                                timestep=sigma * self.scheduler.config.num_train_timesteps, return_dict=False)[0]
+
+    def initial_noise(self, batch: int, generator=None, device=None, dtype=torch.float32):
+        device = device or self._execution_device
+        gens = generator if isinstance(generator, list) else [generator] * batch
+        if len(gens) != batch:
+            raise ValueError(f"got {len(gens)} generators for {batch} images")
+        # one draw per image on CPU, so a seed gives the same image whatever the batch or device
+        return torch.stack([torch.randn((3, IMAGE_SIZE, IMAGE_SIZE), generator=g, dtype=torch.float32)
+                            for g in gens]).to(device, dtype)
+
+    def sigmas(self, num_inference_steps: int) -> torch.Tensor:
+        self.scheduler.set_timesteps(num_inference_steps, device="cpu")
+        return self.scheduler.sigmas.clone().float()
+
+    @staticmethod
+    def decode(x: torch.Tensor) -> torch.Tensor:
+        return (x.float() / 2 + 0.5).clamp(0, 1)
+
+    @staticmethod
+    def to_output(x01: torch.Tensor, output_type: str = "pil"):
+        if output_type == "pt":
+            return x01
+        arr = x01.permute(0, 2, 3, 1).cpu().numpy()
+        if output_type == "np":
+            return arr
+        if output_type == "pil":
+            return [Image.fromarray((a * 255).round().astype(np.uint8)) for a in arr]
+        raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+
+    # ----------------------------------------------------------------------------------------- call
+    @torch.no_grad()
+    def __call__(self, prompt: Union[str, List[str]], negative_prompt: Optional[Union[str, List[str]]] = None,
+                 num_inference_steps: int = DEFAULT_STEPS, guidance_scale: float = DEFAULT_GUIDANCE, num_images_per_prompt: int = 1,
+                 generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
+                 latents: Optional[torch.Tensor] = None, output_type: str = "pil", return_dict: bool = True,
+                 callback_on_step_end=None):
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts or any(not isinstance(p, str) for p in prompts):
+            raise ValueError("prompt must be a string or a non-empty list of strings")
+        if num_inference_steps < 1:
+            raise ValueError("num_inference_steps must be >= 1")
+        prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
+        b = len(prompts)
+        embeds, pooled = self.encode_prompt(prompts)
+        cfg = guidance_scale > 1.0
+        if cfg:
+            neg = negative_prompt if negative_prompt is not None else ""
+            negs = [neg] * b if isinstance(neg, str) else [n for n in neg for _ in range(num_images_per_prompt)]
+            n_embeds, n_pooled = self.encode_prompt(negs)
+            width = max(embeds.shape[1], n_embeds.shape[1])
+            pad = lambda e: torch.nn.functional.pad(e, (0, 0, 0, width - e.shape[1]))  # noqa: E731
+            embeds, pooled = torch.cat([pad(n_embeds), pad(embeds)]), torch.cat([n_pooled, pooled])
+        x = latents.to(self._execution_device) if latents is not None else self.initial_noise(b, generator)
+        sig = self.sigmas(num_inference_steps)
+        for i in range(num_inference_steps):
+            xin = torch.cat([x, x]) if cfg else x
+            v = self.velocity(xin, sig[i], embeds, pooled)
+            if cfg:
+                vu, vc = v.chunk(2)
+                v = vu + guidance_scale * (vc - vu)
+            x = x + (sig[i + 1] - sig[i]) * v
+            if callback_on_step_end is not None:
+                callback_on_step_end(self, i, sig[i], {"latents": x})
+        images = self.to_output(self.decode(x), output_type)
+        if not return_dict:
+            return (images,)
+        return ShapesWorldPipelineOutput(images=images)
+
+
+def load_generator(path: str, device: str = "cpu", dtype=torch.float32) -> ShapesWorldPipeline:
+    """Load the pipeline offline from a local folder (no network, safetensors only)."""
+    pipe = ShapesWorldPipeline.from_pretrained(path, local_files_only=True, use_safetensors=True, dtype=dtype)
+    return pipe.to(device)
+
+
+# diffusers resolves model_index.json's "_class_name" inside its own namespace; registering the class there
+# lets `DiffusionPipeline.from_pretrained(folder)` load the generator once this module is imported.
+import diffusers as _diffusers  # noqa: E402
+
+if not hasattr(_diffusers, "ShapesWorldPipeline"):
+    setattr(_diffusers, "ShapesWorldPipeline", ShapesWorldPipeline)

@@ -1,0 +1,98 @@
+"""Train the ShapesWorld generator from scratch (rectified-flow / flow-matching objective).
+
+    python -m promptecho.shapes.train_generator [--out DIR] [--steps N] [--seed S]
+
+Data: rendered training-split scenes with their dense captions (10 % of captions dropped to "" so
+classifier-free guidance works). Timesteps: logit-normal, as in SD3. Saves the EMA weights.
+Reproducible from --seed; CPU-only. The model is deliberately small: it should follow prompts
+imperfectly, leaving room for best-of-N and RL.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import random
+import time
+
+import numpy as np
+import torch
+
+from . import default_generator_path
+from .generator import ShapesWorldPipeline, build_components
+from .render import render
+from .world import sample_split
+
+
+def batch_pixels(scenes) -> torch.Tensor:
+    arr = np.stack([np.asarray(render(s), dtype=np.float32) for s in scenes]) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=default_generator_path())
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scenes", type=int, default=40000)
+    ap.add_argument("--ema", type=float, default=0.995)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rng = random.Random(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    data = sample_split("train", args.scenes, seed=args.seed + 1)
+    comps = build_components(seed=args.seed)
+    pipe = ShapesWorldPipeline(**comps)
+    tr, te = pipe.transformer, pipe.text_encoder
+    params = list(tr.parameters()) + list(te.parameters())
+    print(f"transformer {sum(p.numel() for p in tr.parameters()) / 1e6:.2f} M, text encoder "
+          f"{sum(p.numel() for p in te.parameters()) / 1e6:.2f} M, scenes {len(data)}", flush=True)
+    ema_tr, ema_te = copy.deepcopy(tr).requires_grad_(False), copy.deepcopy(te).requires_grad_(False)
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    warm = 100
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps)))))
+    tr.train(), te.train()
+    t0, ema_loss = time.time(), None
+    for step in range(args.steps):
+        picks = [data[rng.randrange(len(data))] for _ in range(args.batch_size)]
+        x0 = batch_pixels([s for s, _ in picks])
+        prompts = ["" if rng.random() < 0.1 else c for _, c in picks]
+        enc = pipe.tokenizer(prompts, padding="longest", truncation=True, return_tensors="pt")
+        h = te(input_ids=enc.input_ids, attention_mask=enc.attention_mask).last_hidden_state
+        m = enc.attention_mask.unsqueeze(-1).float()
+        embeds, pooled = h * m, (h * m).sum(1) / m.sum(1).clamp(min=1)
+        sigma = torch.sigmoid(torch.randn(args.batch_size, generator=gen))  # logit-normal
+        noise = torch.randn(x0.shape, generator=gen)
+        s = sigma.view(-1, 1, 1, 1)
+        xt = (1 - s) * x0 + s * noise
+        v = pipe.velocity(xt, sigma, embeds, pooled)
+        loss = ((v - (noise - x0)) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        decay = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for e, p in zip(list(ema_tr.parameters()) + list(ema_te.parameters()), params):
+                e.lerp_(p, 1 - decay)
+        ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
+        if step % 100 == 0 or step == args.steps - 1:
+            print(f"step {step:5d}  loss {ema_loss:.4f}  {time.time() - t0:6.0f}s", flush=True)
+    out = ShapesWorldPipeline(transformer=ema_tr.eval(), text_encoder=ema_te.eval(), tokenizer=pipe.tokenizer,
+                              scheduler=pipe.scheduler)
+    os.makedirs(args.out, exist_ok=True)
+    out.save_pretrained(args.out, safe_serialization=True)
+    with open(os.path.join(args.out, "training.json"), "w") as f:
+        json.dump({**vars(args), "out": None, "seconds": round(time.time() - t0)}, f, indent=1)
+    print(f"saved to {args.out} in {time.time() - t0:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
