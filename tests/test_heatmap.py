@@ -92,3 +92,38 @@ def test_json_round_trip():
     assert len(d["word_colors"]) == len(r.words)
     assert d["word_colors"][0] == "#%02x%02x%02x" % loss_to_rgb(r.words[0].loss, d["scale"]["vmin"],
                                                                 d["scale"]["vmax"])
+
+
+def test_missing_glyphs_give_a_note_not_a_crash(monkeypatch):
+    import promptecho.heatmap as H
+    r = make_result("a cat 東京 🚀 naïve")
+    # only a Latin font available: CJK and emoji cannot be drawn, accents can
+    monkeypatch.setattr(H, "_FONT_CANDIDATES", ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",))
+    monkeypatch.delenv("PROMPTECHO_FONT", raising=False)
+    font, missing = H.find_font(16, text=r.prompt)
+    if os.path.isfile("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"):
+        assert set(missing) == {"東", "京", "🚀"}
+    note = H.font_note(missing)
+    assert note is None or ("U+6771" in note and "fonts-noto-cjk" in note)
+    with_note = render_heatmap(r)
+    monkeypatch.setattr(H, "find_font", lambda size, path=None, text="": (font, []))
+    without = render_heatmap(r)
+    assert with_note.height > without.height if missing else with_note.height == without.height
+
+
+def test_cjk_font_is_preferred_when_installed():
+    import promptecho.heatmap as H
+    cjk = [p for p in H._FONT_CANDIDATES[:4] if os.path.isfile(p)]
+    if not cjk:
+        pytest.skip("no CJK font installed (e.g. apt-get install fonts-wqy-zenhei)")
+    font, missing = H.find_font(16, text="東京の夜景")
+    assert missing == [] and font.path in cjk
+
+
+def test_overlong_word_stays_inside_the_image():
+    r = make_result("short " + "x" * 400 + " tail")
+    img = render_heatmap(r, width=300)
+    boxes = word_boxes(r, width=300)
+    assert all(b[2] <= 300 - 12 for b in boxes) and img.width == 300
+    with pytest.raises(ValueError):
+        render_heatmap(r, width=50)
