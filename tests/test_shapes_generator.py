@@ -1,0 +1,193 @@
+"""The ShapesWorld generator's adapter-facing contract (promptecho/shapes/generator.py docstring).
+
+GRPO / AWM adapters re-implement sampling from the pipeline's parts (encode_prompt, initial_noise, sigmas,
+velocity, decode) and attach LoRA to the transformer's attention projections. These tests pin that the parts
+compose to exactly what `pipe(...)` returns, so an adapter built on them reproduces the pipeline (the
+"noise level 0 reproduces the pipeline" self-check of design.md §4). Tiny random-weight components keep it fast;
+the committed model's own checks live in test_shapes_models.py.
+"""
+import os
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from promptecho.shapes.generator import DEFAULT_GUIDANCE, DEFAULT_STEPS, ShapesWorldPipeline, build_components
+from promptecho.shapes.render import IMAGE_SIZE
+
+A = "a small red circle"
+B = "The image shows a large blue square on a black background. The blue square is in the top left corner."
+
+
+def _gen(*seeds):
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    return gens[0] if len(gens) == 1 else gens
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    torch.manual_seed(0)
+    return ShapesWorldPipeline(**build_components(seed=3, width=32, layers=1))
+
+
+def _manual_sample(pipe, prompts, seeds, steps, guidance):
+    """Sampling written only with the documented parts, the way an adapter does it."""
+    embeds, pooled = pipe.encode_prompt(prompts)
+    cfg = guidance > 1.0
+    if cfg:
+        n_embeds, n_pooled = pipe.encode_prompt([""] * len(prompts))
+        width = max(embeds.shape[1], n_embeds.shape[1])
+        pad = lambda e: torch.nn.functional.pad(e, (0, 0, 0, width - e.shape[1]))  # noqa: E731
+        embeds, pooled = torch.cat([pad(n_embeds), pad(embeds)]), torch.cat([n_pooled, pooled])
+    x = pipe.initial_noise(len(prompts), [torch.Generator().manual_seed(s) for s in seeds])
+    sig = pipe.sigmas(steps)
+    with torch.no_grad():
+        for i in range(steps):
+            v = pipe.velocity(torch.cat([x, x]) if cfg else x, sig[i], embeds, pooled)
+            if cfg:
+                vu, vc = v.chunk(2)
+                v = vu + guidance * (vc - vu)
+            x = x + (sig[i + 1] - sig[i]) * v
+    return pipe.decode(x)
+
+
+@pytest.mark.parametrize("guidance", [1.0, 2.5])
+def test_parts_reproduce_the_pipeline_exactly(pipe, guidance):
+    ref = pipe([A, B], num_inference_steps=4, guidance_scale=guidance, generator=_gen(5, 6), output_type="pt").images
+    mine = _manual_sample(pipe, [A, B], [5, 6], steps=4, guidance=guidance)
+    assert ref.shape == (2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    assert torch.equal(ref, mine)
+
+
+def test_sigmas_run_from_noise_to_image(pipe):
+    s = pipe.sigmas(DEFAULT_STEPS)
+    assert s.shape == (DEFAULT_STEPS + 1,) and s.dtype == torch.float32
+    assert s[0] == pytest.approx(1.0) and s[-1] == 0.0
+    assert bool((s[1:] < s[:-1]).all())
+
+
+def test_velocity_is_differentiable_and_matches_flow_convention(pipe):
+    """x_sigma = (1 - sigma) x0 + sigma noise, target v = noise - x0: one training step must lower the loss."""
+    tr = pipe.transformer
+    x0 = torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE) * 2 - 1
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    sigma = torch.tensor([0.3, 0.8])
+    xt = (1 - sigma.view(-1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1) * noise
+    embeds, pooled = pipe.encode_prompt([A, B])
+    saved = {k: v.clone() for k, v in tr.state_dict().items()}
+    try:
+        opt = torch.optim.SGD(tr.parameters(), lr=0.05)
+        losses = []
+        for _ in range(2):
+            loss = ((pipe.velocity(xt, sigma, embeds, pooled) - (noise - x0)) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            assert tr.pos_embed.proj.weight.grad is not None  # the gradient reaches the transformer
+            opt.step()
+            losses.append(loss.item())
+        assert losses[1] < losses[0]
+    finally:
+        tr.load_state_dict(saved)
+        tr.zero_grad(set_to_none=True)
+    # a float sigma is the same as a per-sample tensor
+    with torch.no_grad():
+        a = pipe.velocity(xt, 0.5, embeds, pooled)
+        b = pipe.velocity(xt, torch.tensor([0.5, 0.5]), embeds, pooled)
+    assert torch.equal(a, b)
+
+
+def test_lora_on_attention_projections(pipe):
+    """Standard diffusers/PEFT LoRA targets exist; a fresh LoRA (B = 0) leaves images unchanged."""
+    from peft import LoraConfig
+
+    tr = pipe.transformer
+    kw = dict(num_inference_steps=3, guidance_scale=2.0, generator=_gen(2), output_type="pt")
+    base = pipe(A, **kw).images
+    targets = ["to_q", "to_k", "to_v", "to_out.0"]
+    tr.add_adapter(LoraConfig(r=4, lora_alpha=8, init_lora_weights=True, target_modules=targets),
+                   adapter_name="test")
+    try:
+        wrapped = {n.rsplit(".lora_A", 1)[0] for n, _ in tr.named_parameters() if ".lora_A" in n}
+        assert wrapped and all(n.endswith(tuple(targets)) for n in wrapped)
+        assert any(n.endswith("to_out.0") for n in wrapped)
+        assert torch.equal(pipe(A, **dict(kw, generator=_gen(2))).images, base)
+        with torch.no_grad():
+            for n, p in tr.named_parameters():
+                if ".lora_B" in n:
+                    p.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+        assert not torch.allclose(pipe(A, **dict(kw, generator=_gen(2))).images, base)
+        tr.disable_adapters()
+        assert torch.equal(pipe(A, **dict(kw, generator=_gen(2))).images, base)
+    finally:
+        tr.delete_adapters("test")
+    assert not any("lora" in n for n, _ in tr.named_parameters())
+
+
+def test_batch_prompts_images_per_prompt_and_output_types(pipe):
+    kw = dict(num_inference_steps=2, guidance_scale=2.0)
+    out = pipe([A, B], num_images_per_prompt=2, generator=_gen(1, 2, 3, 4), output_type="np", **kw).images
+    assert out.shape == (4, IMAGE_SIZE, IMAGE_SIZE, 3) and out.dtype == np.float32
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    # order is [A, A, B, B]: the third image is B with the third seed
+    alone = pipe(B, generator=_gen(3), output_type="np", **kw).images
+    np.testing.assert_allclose(out[2], alone[0], atol=0.05)  # padding of the batch may shift it slightly
+    assert not np.allclose(out[0], out[1])  # different seeds of one prompt differ
+    pil = pipe([A, B], generator=_gen(1, 2), output_type="pil", **kw).images
+    assert len(pil) == 2 and all(im.size == (IMAGE_SIZE, IMAGE_SIZE) and im.mode == "RGB" for im in pil)
+    np.testing.assert_array_equal(np.asarray(pil[0]),
+                                  (out[0] * 255).round().astype(np.uint8))  # pil = quantised np of same sample
+    pt = pipe(A, generator=_gen(1), output_type="pt", **kw).images
+    assert pt.shape == (1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    tup = pipe(A, generator=_gen(1), output_type="pt", return_dict=False, **kw)
+    assert isinstance(tup, tuple) and torch.equal(tup[0], pt)
+
+
+def test_same_seed_same_image_different_prompt_or_seed_differs(pipe):
+    kw = dict(num_inference_steps=3, output_type="pt")
+    a = pipe(A, generator=_gen(7), **kw).images
+    assert torch.equal(a, pipe(A, generator=_gen(7), **kw).images)
+    assert not torch.allclose(a, pipe(B, generator=_gen(7), **kw).images)
+    assert not torch.allclose(a, pipe(A, generator=_gen(8), **kw).images)
+    # a negative prompt is the unconditional branch of CFG: it must change the image
+    assert not torch.allclose(a, pipe(A, negative_prompt="a large blue square", generator=_gen(7), **kw).images)
+
+
+def test_defaults_and_bad_input(pipe):
+    assert DEFAULT_STEPS >= 4 and DEFAULT_GUIDANCE > 1.0
+    with pytest.raises(ValueError, match="prompt"):
+        pipe([], num_inference_steps=1)
+    with pytest.raises(ValueError, match="prompt"):
+        pipe([A, 3], num_inference_steps=1)
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        pipe(A, num_inference_steps=0)
+    with pytest.raises(ValueError, match="generators"):
+        pipe([A, B], num_inference_steps=1, generator=_gen(1, 2, 3))
+
+
+def test_training_script_is_reproducible_and_saves_a_loadable_pipeline(tmp_path):
+    """Two short runs with one seed give identical weights; the folder loads through DiffusionPipeline."""
+    from diffusers import DiffusionPipeline
+
+    from promptecho.shapes.train_generator import main
+
+    args = ["--steps", "2", "--batch-size", "4", "--scenes", "32", "--seed", "11", "--threads", "1"]
+    main(args + ["--out", str(tmp_path / "a")])
+    main(args + ["--out", str(tmp_path / "b")])
+    wa = load_file(str(tmp_path / "a" / "transformer" / "diffusion_pytorch_model.safetensors"))
+    wb = load_file(str(tmp_path / "b" / "transformer" / "diffusion_pytorch_model.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    fresh = build_components(seed=11)["transformer"].state_dict()
+    assert any(not torch.equal(wa[k], fresh[k]) for k in wa)  # it did train
+    assert os.path.isfile(tmp_path / "a" / "text_encoder" / "model.safetensors")
+    old = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        back = DiffusionPipeline.from_pretrained(str(tmp_path / "a"), local_files_only=True)
+    finally:
+        if old is None:
+            os.environ.pop("HF_HUB_OFFLINE")
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old
+    assert isinstance(back, ShapesWorldPipeline)
+    assert back(A, num_inference_steps=1, generator=_gen(0), output_type="np").images.shape == (1, 48, 48, 3)
