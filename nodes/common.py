@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import weakref
 from typing import Callable, List, Optional
 
 try:  # ComfyUI runtime pieces; absent in unit tests and other hosts
@@ -89,6 +90,9 @@ class _Holder(torch.nn.Module):
         self.device = next(model.parameters()).device
 
 
+_PATCHERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 class VLMHandle:
     """What flows on a PROMPTECHO_VLM wire: the engine VLM plus ComfyUI memory-management glue."""
 
@@ -96,22 +100,32 @@ class VLMHandle:
         self.vlm = vlm
         self.keep_loaded = keep_loaded
         self.patcher = None
-        if _mm is not None and _mm.get_torch_device().type != "cpu":  # CPU-only ComfyUI: nothing to manage
-            try:
-                import comfy.model_patcher as mp
-                load, offload = _mm.get_torch_device(), _mm.unet_offload_device()
-                self.patcher = mp.ModelPatcher(_Holder(vlm.model), load_device=load, offload_device=offload)
-            except Exception:  # memory manager unavailable: the model stays where it was loaded
-                self.patcher = None
+        quantized = getattr(vlm.model, "is_quantized", False) or getattr(vlm.model, "hf_quantizer", None)
+        # CPU-only ComfyUI: nothing to manage; bitsandbytes weights must stay where they were loaded
+        if _mm is not None and not quantized and _mm.get_torch_device().type != "cpu":
+            self.patcher = _PATCHERS.get(vlm)  # one patcher per model, or ComfyUI would count it twice
+            if self.patcher is None:
+                try:
+                    import comfy.model_patcher as mp
+                    load, offload = _mm.get_torch_device(), _mm.unet_offload_device()
+                    self.patcher = _PATCHERS[vlm] = mp.ModelPatcher(_Holder(vlm.model), load_device=load,
+                                                                    offload_device=offload)
+                except Exception:  # memory manager unavailable: the model stays where it was loaded
+                    self.patcher = None
 
     def __enter__(self):
         if self.patcher is not None:
-            _mm.load_models_gpu([self.patcher])
+            # full load: ComfyUI's partial (lowvram) loading only works for its own cast-weight layers, a plain
+            # HF module split across devices would fail; this also restores a model ComfyUI partially offloaded
+            _mm.load_models_gpu([self.patcher], force_full_load=True)
         return self.vlm
 
     def __exit__(self, *exc):
         if self.patcher is not None and not self.keep_loaded:
-            self.patcher.detach() if hasattr(self.patcher, "detach") else self.vlm.to(self.patcher.offload_device)
+            for i, loaded in enumerate(list(_mm.current_loaded_models)):
+                if loaded.model is self.patcher:  # unload through ComfyUI so its bookkeeping stays right
+                    _mm.current_loaded_models.pop(i).model_unload()
+                    break
             _mm.soft_empty_cache()
         return False
 
