@@ -1,0 +1,71 @@
+"""One interface between the GRPO trainer and a diffusers flow-matching text-to-image pipeline.
+
+An adapter exposes the pipeline's pieces so the trainer can run its own sampling loop (SDE steps, log-probs)
+with exactly the pipeline's arithmetic, and check that against the pipeline's own __call__ (self-check).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+
+class AdapterError(ValueError):
+    """The pipeline cannot be used by this adapter (wrong type, missing folder, unsupported option)."""
+
+
+Cond = Dict[str, torch.Tensor]
+
+
+class FlowAdapter:
+    name = "base"
+    # module names PEFT targets by default, and the prefix of exported LoRA keys (diffusers format)
+    default_targets: Sequence[str] = ("to_q", "to_k", "to_v", "to_out.0")
+    lora_prefix = "transformer"
+
+    def __init__(self, pipe, device: str = "cpu", dtype: torch.dtype = torch.float32):
+        self.pipe = pipe
+        self.device = torch.device(device)
+        self.dtype = dtype
+
+    @property
+    def transformer(self) -> torch.nn.Module:
+        return self.pipe.transformer
+
+    # ---- to implement ----
+    def encode(self, prompts: List[str], cfg: float) -> Cond:
+        raise NotImplementedError
+
+    def initial_noise(self, seeds: Sequence[int]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def sigmas(self, steps: int) -> torch.Tensor:
+        """Float32 tensor [steps + 1] from ~1 to 0, exactly the scheduler's."""
+        self.pipe.scheduler.set_timesteps(steps, device="cpu")
+        return self.pipe.scheduler.sigmas.clone().float()
+
+    def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond, cfg: float) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Latents -> images [B,3,H,W] in 0..1 (float32)."""
+        raise NotImplementedError
+
+    def pipeline_images(self, prompts: List[str], seeds: Sequence[int], steps: int, cfg: float) -> torch.Tensor:
+        """The pipeline's own __call__ output [B,3,H,W] 0..1 for these prompts/seeds (self-check reference)."""
+        raise NotImplementedError
+
+    # ---- shared helpers ----
+    @staticmethod
+    def generators(seeds: Sequence[int]) -> List[torch.Generator]:
+        return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+
+    @staticmethod
+    def select(cond: Cond, idx) -> Cond:
+        return {k: v[idx] for k, v in cond.items()}
+
+    @staticmethod
+    def to_pil(x01: torch.Tensor):
+        from PIL import Image
+        arr = (x01.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype("uint8")
+        return [Image.fromarray(a) for a in arr]

@@ -1,0 +1,29 @@
+"""Advantage-weighted flow matching (AWM, arXiv 2509.25050): the flow-matching loss on the policy's own final
+samples, weighted by their advantage. Needs only final latents x0, no per-step log-probs.
+
+Positive advantages pull the velocity field toward the sample (lower FM loss), negative push it away; the
+advantage is clipped and an optional KL-like term (velocity distance to the frozen base) keeps it bounded.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+
+def noisy_sample(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """x_sigma = (1 - sigma) x0 + sigma * noise and its flow-matching target v = noise - x0."""
+    s = sigma.reshape(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
+    return (1 - s) * x0 + s * noise, noise - x0
+
+
+def awm_loss(v_pred: torch.Tensor, target: torch.Tensor, adv: torch.Tensor, v_ref: Optional[torch.Tensor] = None,
+             kl_beta: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """mean_i(A_i * ||v_i - target_i||^2) (+ beta * ||v_i - v_ref_i||^2); returns (loss, per-sample KL term)."""
+    fm = ((v_pred.float() - target.float()) ** 2).flatten(1).mean(1)
+    loss = (adv.float() * fm).mean()
+    kl = torch.zeros_like(fm)
+    if v_ref is not None:
+        kl = ((v_pred.float() - v_ref.float()) ** 2).flatten(1).mean(1)
+        loss = loss + kl_beta * kl.mean()
+    return loss, kl
