@@ -22,8 +22,27 @@ EPILOG_RERANK = """examples:
   python -m promptecho rerank --image cand_*.png --prompt "..." --method vqascore --json"""
 
 
+EPILOG_MAIN = """quick start:
+  python -m promptecho demo --out out/demo                     # no model needed: scores a bundled example
+  python -m promptecho score --model DIR --image a.png --prompt "a red cube on a table" --heatmap heat.png
+  python -m promptecho rerank --model DIR --image cand_*.png --prompt "..." --top-k 1
+
+DIR is a local folder of a Hugging Face image-text-to-text model (e.g. Qwen3-VL, SmolVLM, LLaVA, Gemma 3),
+as saved by save_pretrained. Run `python -m promptecho COMMAND --help` for a command's options."""
+
+
 class CLIError(Exception):
     """An error the user can fix; printed without a traceback."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
 
 
 def _default_model() -> Optional[str]:
@@ -36,17 +55,21 @@ def _default_model() -> Optional[str]:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     default = _default_model()
-    p.add_argument("--model", default=default, required=default is None,
+    p.add_argument("--model", default=default, required=default is None, metavar="DIR",
                    help="local folder of an image-text-to-text model (AutoProcessor + AutoModelForImageTextToText)"
-                        + (" [default: the built-in ShapesWorld VLM]" if default else ""))
+                        + (" [default: the built-in ShapesWorld VLM]" if default
+                           else " (required: the built-in ShapesWorld VLM is not installed)"))
     p.add_argument("--image", nargs="+", required=True, metavar="PATH", help="one or more image files")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--prompt", help="the prompt the image(s) were generated from")
     g.add_argument("--prompt-file", metavar="PATH", help="read the prompt from a UTF-8 text file")
-    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores, max 8)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                   help="weights/activations precision [default: auto = bf16 on GPUs that support it, else fp32]")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps [default: auto]")
+    p.add_argument("--batch-size", type=_positive_int, default=8, metavar="N",
+                   help="image-prompt pairs per forward pass [default: 8]")
+    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help="CPU threads for torch [default: all cores, at most 8]")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
 
 
@@ -76,8 +99,14 @@ def _images(paths: List[str]):
 
 
 def _setup_threads(n: Optional[int]) -> None:
+    """Deliberate thread count: torch's default can oversubscribe small shared machines badly."""
     import torch
     torch.set_num_threads(n or min(8, os.cpu_count() or 1))
+    try:
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()  # no "Loading weights" bars in CLI output
+    except ImportError:
+        pass
 
 
 def _load(args):
@@ -149,7 +178,8 @@ def _build_score(sub) -> None:
     p.add_argument("--reduction", default="mean", choices=["mean", "sum"])
     p.add_argument("--include-end-token", action="store_true", help="count the end-of-turn token in the reward")
     p.add_argument("--heatmap", metavar="OUT.png", help="write the word heatmap (OUT_i.png for several images)")
-    p.add_argument("--show-words", type=int, default=5, help="how many least-supported words to print")
+    p.add_argument("--show-words", type=int, default=5, metavar="N",
+                   help="how many least-supported words to print [default: 5]")
     p.set_defaults(func=cmd_score)
 
 
@@ -161,14 +191,19 @@ def _build_rerank(sub) -> None:
     _add_model_args(p)
     p.add_argument("--method", default="promptecho", choices=["promptecho", "vqascore"])
     p.add_argument("--query", default=DEFAULT_QUERY, help="guiding query for promptecho [default: %(default)r]")
-    p.add_argument("--top-k", type=int, default=None, help="print only the best K")
+    p.add_argument("--top-k", type=_positive_int, default=None, metavar="K", help="print only the best K")
     p.set_defaults(func=cmd_rerank)
 
 
 def _build_demo(sub) -> None:
-    p = sub.add_parser("demo", help="score the bundled example with the built-in model (what `make demo` runs)")
+    p = sub.add_parser("demo", help="score the bundled example with the built-in model (what `make demo` runs)",
+                       description="Score the bundled ShapesWorld example image against its true caption and a "
+                                   "caption with one relation flipped, print rewards and per-word losses, and "
+                                   "write heatmap.png, heatmap_wrong.png and score.json. Uses the embedded "
+                                   "ShapesWorld VLM; without it, builds a tiny random-weight LLaVA as a clearly "
+                                   "labelled stand-in.")
     p.add_argument("--out", default="out/demo", help="folder for heatmap.png and score.json")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=_positive_int, default=None, metavar="N")
     p.set_defaults(func=cmd_demo)
 
 
@@ -186,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m promptecho",
         description="PromptEcho: image-text alignment reward from a frozen vision-language model. "
-                    "Nothing is downloaded: models are local folders.")
+                    "reward = -CE(prompt | image, 'Describe this image in detail.'); per-word losses show which "
+                    "words the image does not support. Nothing is downloaded: models are local folders.",
+        epilog=EPILOG_MAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     for name, target in COMMANDS.items():
         mod, fn = target.split(":")

@@ -75,3 +75,38 @@ def test_help_is_descriptive():
     sub = subprocess.run([sys.executable, "-m", "promptecho", "score", "--help"], cwd=ROOT, capture_output=True,
                          text=True, timeout=120)
     assert sub.returncode == 0 and "examples:" in sub.stdout and "--heatmap" in sub.stdout
+
+
+def test_demo_writes_heatmap_and_json(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--threads", "1"]) == 0
+    text = capsys.readouterr().out
+    with open(out / "score.json", encoding="utf-8") as f:
+        score = json.load(f)
+    from PIL import Image
+    with Image.open(out / "heatmap.png") as im:
+        assert im.width == 768 and im.height > 100
+    # what it prints is what it saved; a random stand-in says so
+    assert f"PromptEcho reward {score['true']['reward']:.4f}" in text
+    assert ("RANDOM-WEIGHT STAND-IN" in text) == score["stand_in"]
+    assert len(score["true"]["word_colors"]) == len(score["true"]["words"])
+
+
+def test_prompt_file_and_bad_numbers(tiny_dir, tiny_vlm, images, tmp_path, capsys):
+    pf = tmp_path / "prompt.txt"
+    pf.write_text("a blue square\n", encoding="utf-8")
+    assert main(["score", "--model", tiny_dir("llava"), "--image", images[0], "--prompt-file", str(pf), "--json",
+                 "--dtype", "fp32", "--device", "cpu", "--reduction", "sum"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    direct = tiny_vlm("llava").score([random_image(0)], "a blue square", reduction="sum")[0]
+    assert out[0]["reward"] == pytest.approx(direct.reward, abs=1e-5) and out[0]["reduction"] == "sum"
+    with pytest.raises(SystemExit) as e:
+        main(["score", "--model", tiny_dir("llava"), "--image", images[0], "--prompt", "x", "--batch-size", "0"])
+    assert e.value.code == 2 and "at least 1" in capsys.readouterr().err
+
+
+def test_folder_that_is_not_a_model(tmp_path, images, capsys):
+    (tmp_path / "notes.txt").write_text("hello")
+    assert main(["rerank", "--model", str(tmp_path), "--image", images[0], "--prompt", "x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
