@@ -79,7 +79,7 @@ def test_tiny_random_generator_round_trips(tmp_path):
     kw = dict(num_inference_steps=3, guidance_scale=2.0, output_type="pt")
     x = pipe("a small red circle", generator=torch.Generator().manual_seed(0), **kw).images
     y = back("a small red circle", generator=torch.Generator().manual_seed(0), **kw).images
-    assert torch.equal(x, y)
+    assert torch.allclose(x, y, atol=1e-5)  # same weights; only float summation order may differ
     with pytest.raises(ValueError, match="output_type"):
         pipe("a", num_inference_steps=1, output_type="bmp")
 

@@ -82,7 +82,7 @@ def build_components(seed: int = 0, width: int = 128, layers: int = 4):
         attention_head_dim=width // 4, num_attention_heads=4, joint_attention_dim=width,
         caption_projection_dim=width, pooled_projection_dim=width, pos_embed_max_size=IMAGE_SIZE // PATCH)
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
-    return dict(transformer=transformer, text_encoder=text_encoder, tokenizer=tok, scheduler=scheduler)
+    return dict(transformer=transformer.eval(), text_encoder=text_encoder.eval(), tokenizer=tok, scheduler=scheduler)
 
 
 class ShapesWorldPipeline(DiffusionPipeline):
