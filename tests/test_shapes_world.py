@@ -1,10 +1,9 @@
-"""ShapesWorld grammar, renderer, oracle and splits."""
+"""ShapesWorld grammar, renderer and splits (the oracle: test_shapes_oracle.py)."""
 import random
 
 import numpy as np
 import pytest
 
-from promptecho.shapes.oracle import check, detect
 from promptecho.shapes.render import IMAGE_SIZE, render
 from promptecho.shapes.world import (COLORS, CORRUPTION_KINDS, SHAPES, SIZES, atoms_from_caption, corrupt,
                                      describe, sample_scene, sample_split, scene_description)
@@ -52,33 +51,6 @@ def test_render_is_deterministic_and_antialiased():
     # anti-aliasing: edge pixels take intermediate values, not only background or pure palette colours
     palette = {tuple(c) for c in COLORS.values()} | {(0, 0, 0)}
     assert any(tuple(p) not in palette for p in a.reshape(-1, 3))
-
-
-def test_oracle_accepts_own_scenes_and_detects_corruptions():
-    data = sample_split("train", 300, seed=11)
-    own = [check(render(s), c).correct for s, c in data]
-    assert np.mean(own) >= 0.99
-    rng, detected, total = random.Random(5), 0, 0
-    for s, _ in data:
-        d, img = scene_description(s), render(s)
-        for k in CORRUPTION_KINDS:
-            c = corrupt(d, k, rng)
-            if c is not None:
-                total += 1
-                detected += not check(img, describe(c, s.seed)).correct
-    assert total > 800 and detected / total >= 0.99
-
-
-def test_oracle_detects_objects_exactly():
-    s = sample_scene(random.Random(7), n_objects=4)
-    found = sorted((o.color, o.shape, o.size, o.row, o.col) for o in detect(render(s)))
-    assert found == sorted((o.color, o.shape, o.size, o.row, o.col) for o in s.objects)
-
-
-def test_oracle_on_blank_image_fails_every_object_atom():
-    from PIL import Image
-    r = check(Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE)), "The image shows a large red circle on a black background.")
-    assert r.objects == [] and not r.correct and r.fraction < 1
 
 
 def test_splits_are_disjoint_by_content():

@@ -147,11 +147,12 @@ def main(argv=None):
     ap.add_argument("--generator", default=default_generator_path())
     ap.add_argument("--json", default=None, help="also write the results as JSON")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from ..vlm import load_vlm
     t0 = time.time()
-    vlm = load_vlm(args.vlm, dtype="float32", device="cpu")
+    vlm = load_vlm(args.vlm, dtype="float32", device=args.device)
     disc = discrimination(vlm, args.scenes or (100 if args.quick else 1000), args.seed)
     bon = None
     if os.path.isfile(os.path.join(args.generator, "model_index.json")):

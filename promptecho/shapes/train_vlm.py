@@ -138,6 +138,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scenes", type=int, default=40000, help="distinct training scenes")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="torch device (the committed model is trained on CPU)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     rng = random.Random(args.seed)
@@ -146,6 +147,7 @@ def main(argv=None):
     tok = build_tokenizer(corpus)
     model, proc = build_model_and_processor(tok, args.seed)
     batcher = Batcher(proc)
+    model.to(args.device)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"params {n_params / 1e6:.2f} M, vocab {len(tok)}, scenes {len(data)}", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -155,7 +157,7 @@ def main(argv=None):
     model.train()
     t0, ema = time.time(), None
     for step in range(args.steps):
-        batch = batcher(make_rows(rng, data, args.batch_size, vqa_share=0.25))
+        batch = batcher(make_rows(rng, data, args.batch_size, vqa_share=0.25)).to(args.device)
         loss = model(**batch).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -166,12 +168,14 @@ def main(argv=None):
         if step % 100 == 0 or step == args.steps - 1:
             print(f"step {step:5d}  loss {ema:.4f}  {time.time() - t0:6.0f}s", flush=True)
     model.eval()
+    model.to("cpu")
     os.makedirs(args.out, exist_ok=True)
     model.save_pretrained(args.out, safe_serialization=True)
     proc.save_pretrained(args.out)
     with open(os.path.join(args.out, "training.json"), "w") as f:
         json.dump({"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-                   "scenes": args.scenes, "params": n_params, "seconds": round(time.time() - t0)}, f, indent=1)
+                   "scenes": args.scenes, "params": n_params, "device": args.device, "threads": args.threads,
+                   "torch": torch.__version__, "seconds": round(time.time() - t0)}, f, indent=1)
     print(f"saved to {args.out} in {time.time() - t0:.0f}s", flush=True)
 
 
