@@ -15,6 +15,7 @@ from typing import List, Optional, Sequence, Tuple
 from PIL import Image, ImageDraw, ImageFont
 
 from .results import ScoreResult
+from .scoring import display_pieces
 
 log = logging.getLogger("promptecho")
 
@@ -245,18 +246,28 @@ def _wrap(text: str, font, width: float) -> List[str]:
     return lines + ([cur] if cur else [])
 
 
+_VIEW_KEYS = ("scale", "word_colors", "token_pieces", "token_colors")
+
+
 def heatmap_json(result: ScoreResult, vmin: Optional[float] = None, vmax: Optional[float] = None) -> dict:
-    """JSON form: the full score result plus the colour scale and the colour of each word."""
+    """JSON form: the full score result (tokens, spans, token losses, words, reward, ...) plus the colour scale,
+    each word's colour, and per-token display text and colours (for token-level views; a character that
+    byte-level BPE split over several tokens is shown once). `result_from_heatmap_json` reverses it."""
     lo, hi = color_range(result, vmin, vmax)
     d = result.to_json()
     d["scale"] = {"vmin": lo, "vmax": hi}
-    d["word_colors"] = ["#%02x%02x%02x" % loss_to_rgb(w.loss, lo, hi) for w in result.words]
+    d["word_colors"] = [_hex(loss_to_rgb(w.loss, lo, hi)) for w in result.words]
+    d["token_pieces"] = display_pieces(result.prompt, result.spans)
+    d["token_colors"] = [_hex(loss_to_rgb(x, lo, hi)) for x in result.token_losses]
     return d
 
 
+def _hex(rgb) -> str:
+    return "#%02x%02x%02x" % tuple(rgb)
+
+
 def result_from_heatmap_json(d: dict) -> ScoreResult:
-    d = {k: v for k, v in d.items() if k not in ("scale", "word_colors")}
-    return ScoreResult.from_json(d)
+    return ScoreResult.from_json({k: v for k, v in d.items() if k not in _VIEW_KEYS})
 
 
 def word_boxes(result: ScoreResult, width: int = 768, font_size: int = 16, font_path: Optional[str] = None

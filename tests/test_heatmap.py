@@ -92,6 +92,9 @@ def test_json_round_trip():
     assert len(d["word_colors"]) == len(r.words)
     assert d["word_colors"][0] == "#%02x%02x%02x" % loss_to_rgb(r.words[0].loss, d["scale"]["vmin"],
                                                                 d["scale"]["vmax"])
+    assert "".join(d["token_pieces"]) == r.prompt.replace(" ", "")  # one token per word, spaces not scored
+    assert d["token_colors"][2] == "#%02x%02x%02x" % loss_to_rgb(r.token_losses[2], d["scale"]["vmin"],
+                                                                 d["scale"]["vmax"])
 
 
 def test_missing_glyphs_give_a_note_not_a_crash(monkeypatch):
