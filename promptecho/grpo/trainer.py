@@ -170,7 +170,7 @@ class GRPOSession:
         cond = ad.encode(prompts, cfg.train_cfg)
         ours = ad.decode(self.sample(cond, seeds, steps, cfg.train_cfg, 0.0, set()).x0)
         ref = ad.pipeline_images(prompts, seeds, steps, cfg.train_cfg)
-        diff = float((ours - ref.to(ours.device)).abs().max())
+        diff = float((ours.detach() - ref.to(ours.device)).abs().max())
         rep = {"pipeline_max_abs_diff": diff}
         if diff > tol:
             raise SelfCheckError(f"sampler at noise level 0 differs from the pipeline's output by {diff:.3g} (> {tol})")
@@ -246,9 +246,9 @@ class GRPOSession:
                 if cfg.kl_beta > 0:
                     kl = sde.kl_gaussian_same_std(mean, self._ref_mean(traj.xs[j], i, sig, cond, cfg.train_cfg), scale)
                     loss = loss + cfg.kl_beta * kl.mean()
-                    stats["kl"] += float(kl.mean()) / n
+                    stats["kl"] += float(kl.detach().mean()) / n
                 (loss / n).backward()
-                stats["loss"] += float(loss) / n
+                stats["loss"] += float(loss.detach()) / n
                 stats["ratio_dev"] = max(stats["ratio_dev"], float((ratio - 1).abs().max()))
                 stats["clip_frac"] += float(((ratio - 1).abs() > cfg.clip_range).float().mean()) / n
             self._optim_step()
@@ -277,8 +277,8 @@ class GRPOSession:
                         ad.transformer.enable_adapters()
                 loss, kl = awm_loss(v, target, adv, v_ref, cfg.kl_beta)
                 (loss / k).backward()
-                stats["loss"] += float(loss) / k
-                stats["kl"] += float(kl.mean()) / k
+                stats["loss"] += float(loss.detach()) / k
+                stats["kl"] += float(kl.detach().mean()) / k
             self._optim_step()
         return stats
 
