@@ -21,6 +21,19 @@ COMFY = os.environ.get("COMFYUI_DIR")
 pytestmark = pytest.mark.skipif(not COMFY, reason="COMFYUI_DIR is not set: the ComfyUI end-to-end harness needs a "
                                                   "ComfyUI checkout (see README, 'ComfyUI end-to-end test')")
 RUNNABLE = ("score_shapesworld_api.json", "best_of_n_shapesworld_api.json")  # the recipe needs SDXL weights
+# the examples use the built-in ShapesWorld VLM; PROMPTECHO_E2E_VLM swaps in another local VLM folder
+VLM_OVERRIDE = os.environ.get("PROMPTECHO_E2E_VLM", "")
+
+
+def _vlm_path():
+    sys.path.insert(0, ROOT)
+    from promptecho.shapes import default_vlm_path, has_default_vlm
+    if VLM_OVERRIDE:
+        return VLM_OVERRIDE
+    if not has_default_vlm():
+        pytest.skip("the built-in ShapesWorld VLM is not in promptecho/shapes/models/vlm (and PROMPTECHO_E2E_VLM "
+                    "is not set)")
+    return default_vlm_path()
 
 # For CPU-only machines whose torchvision wheel cannot load its native ops (test environments only; never part
 # of the pack): define the two operator schemas torchvision registers fake kernels for, before it is imported.
@@ -33,6 +46,7 @@ if spec is not None:
         _lib = torch.library.Library("torchvision", "DEF")
         _lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
         _lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        torch._cpu_torchvision_shim = _lib  # ComfyUI drops this module after running it; the schemas must live on
 '''
 
 
@@ -98,7 +112,9 @@ def _run(base, workflow):
         hist = _get(f"{base}/history/{pid}")
         if pid in hist:
             entry = hist[pid]
-            assert entry["status"]["status_str"] == "success", entry["status"]
+            errors = [m[1] for m in entry["status"].get("messages", []) if m[0] == "execution_error"]
+            assert entry["status"]["status_str"] == "success", [(e.get("node_type"), e.get("exception_message"))
+                                                                for e in errors] or entry["status"]
             return entry["outputs"]
         time.sleep(1)
     raise TimeoutError("workflow did not finish")
@@ -113,17 +129,20 @@ def test_all_nodes_load(comfy):
 @pytest.mark.parametrize("name", RUNNABLE)
 def test_example_workflow_runs(comfy, name):
     wf = dict(api_workflows())[name]
+    vlm_path = _vlm_path()
+    if VLM_OVERRIDE:
+        for node in wf.values():
+            if node["class_type"] == "PromptEchoLoadVLM":
+                node["inputs"]["custom_path"] = VLM_OVERRIDE
     outputs = _run(comfy, wf)
     pe_nodes = [k for k, v in wf.items() if v["class_type"] in ("PromptEchoScore", "PromptEchoBestOfN")]
     payload = outputs[pe_nodes[0]]["promptecho"]
     assert payload and all(math.isfinite(r["reward"]) for r in payload)
     if "BestOfN" in wf[pe_nodes[0]]["class_type"]:
-        sys.path.insert(0, ROOT)
         from PIL import Image
-        from promptecho.shapes import default_vlm_path
         from promptecho.vlm import load_vlm
         node = wf[pe_nodes[0]]["inputs"]
         imgs = [Image.open(os.path.join(ROOT, "examples", "images", f"candidate_{i}.png")).convert("RGB")
                 for i in range(4)]
-        direct = load_vlm(default_vlm_path(), dtype="fp32", device="cpu").rerank(imgs, node["prompt"])
+        direct = load_vlm(vlm_path, dtype="fp32", device="cpu").rerank(imgs, node["prompt"])
         assert [r["index"] for r in outputs[pe_nodes[0]]["ranking"]] == direct.order
