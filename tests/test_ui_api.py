@@ -27,6 +27,13 @@ def vlm(ui_models_dir):
     return load_vlm(os.path.join(ui_models_dir, "tiny-llava"), dtype="float32", device="cpu")
 
 
+def _gallery_len(g):
+    """gradio_client 0.5 (Gradio 3.x) returns a gallery as a folder (images + captions.json); later: a list."""
+    if isinstance(g, str) and os.path.isdir(g):
+        return len([f for f in os.listdir(g) if not f.endswith(".json")])
+    return len(g)
+
+
 def _reward(md):
     return float(re.search(r"reward (-?[0-9.]+)", md).group(1))
 
@@ -63,7 +70,7 @@ def test_rerank(client, vlm):
     assert status == "Ranked 4 images."
     ref = vlm.rerank([Image.open(p).convert("RGB") for p in paths], prompt)
     names = re.findall(r"\| \d+ \| (candidate_\d)\S*", table)
-    assert len(names) == 4 and len(ranked) == 4 and len(heat) == 4
+    assert len(names) == 4 and _gallery_len(ranked) == 4 and _gallery_len(heat) == 4
     assert [n.split("_")[1] for n in names] == [str(i) for i in ref.order]
     best_path = best if isinstance(best, str) else best["path"]
     assert Image.open(best_path).tobytes() == Image.open(paths[ref.best]).convert("RGB").tobytes()
