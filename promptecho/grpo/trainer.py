@@ -183,7 +183,7 @@ class GRPOSession:
                 logp, mean, scale = self._logp(traj.xs[0], traj.x_nexts[0], idx[0], sig, cond, cfg.train_cfg)
             ratio = torch.exp(logp.detach() - traj.old_logps[0])
             kl = sde.kl_gaussian_same_std(mean.detach(), self._ref_mean(traj.xs[0], idx[0], sig, cond, cfg.train_cfg), scale)
-            rep.update(ratio_max_dev=float((ratio - 1).abs().max()), kl_init=float(kl.abs().max()))
+            rep.update(ratio_max_dev=float((ratio.detach() - 1).abs().max()), kl_init=float(kl.abs().max()))
             if rep["ratio_max_dev"] != 0.0:
                 raise SelfCheckError(f"probability ratio before the first update is not exactly 1 (max |r-1| = {rep['ratio_max_dev']:.3g})")
             if rep["kl_init"] != 0.0:
@@ -249,8 +249,8 @@ class GRPOSession:
                     stats["kl"] += float(kl.detach().mean()) / n
                 (loss / n).backward()
                 stats["loss"] += float(loss.detach()) / n
-                stats["ratio_dev"] = max(stats["ratio_dev"], float((ratio - 1).abs().max()))
-                stats["clip_frac"] += float(((ratio - 1).abs() > cfg.clip_range).float().mean()) / n
+                stats["ratio_dev"] = max(stats["ratio_dev"], float((ratio.detach() - 1).abs().max()))
+                stats["clip_frac"] += float(((ratio.detach() - 1).abs() > cfg.clip_range).float().mean()) / n
             self._optim_step()
         return stats
 
