@@ -128,6 +128,7 @@ def cmd_score(args) -> int:
             out = args.heatmap if len(results) == 1 else f"{root}_{i}{ext or '.png'}"
             os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
             render_heatmap(r).save(out)
+            print(f"wrote heatmap {out}", file=sys.stderr)  # stderr: --json output on stdout stays parseable
     if args.json:
         print(json.dumps([{"image": p, **heatmap_json(r)} for p, r in zip(args.image, results)], ensure_ascii=False,
                          indent=1))
