@@ -100,14 +100,21 @@ app.registerExtension({
       el.className = "promptecho-heatmap";
       el.textContent = "run the graph to see which prompt words the image supports";
       this.promptechoEl = el;
-      this.addDOMWidget("promptecho_heatmap", "promptecho", el, { serialize: false, hideOnZoom: false });
-      this.setSize([Math.max(this.size[0], 420), Math.max(this.size[1], 320)]);
+      // min height keeps a few lines of the prompt visible; longer prompts scroll inside the widget
+      this.addDOMWidget("promptecho_heatmap", "promptecho", el, {
+        serialize: false, hideOnZoom: false, getMinHeight: () => 150, getMaxHeight: () => 600,
+      });
+      this.setSize([Math.max(this.size[0], 440), Math.max(this.size[1], this.computeSize()[1])]);
       return r;
     };
     const onExecuted = nodeType.prototype.onExecuted;
     nodeType.prototype.onExecuted = function (message) {
       onExecuted?.apply(this, arguments);
-      if (this.promptechoEl && message?.promptecho) render(this.promptechoEl, message.promptecho, message.ranking);
+      if (this.promptechoEl && message?.promptecho) {
+        render(this.promptechoEl, message.promptecho, message.ranking);
+        this.setSize([this.size[0], Math.max(this.size[1], this.computeSize()[1])]);
+        this.setDirtyCanvas?.(true, true);
+      }
     };
   },
 });

@@ -54,7 +54,7 @@ def build_tokenizer(corpus):
                                    model_max_length=512)
 
 
-def build_model_and_processor(tokenizer, seed: int):
+def build_model_and_processor(tokenizer, seed: int, patch: int = PATCH):
     from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
@@ -62,18 +62,18 @@ def build_model_and_processor(tokenizer, seed: int):
     vocab = ((len(tokenizer) + 63) // 64) * 64
     cfg = LlavaConfig(
         vision_config=dict(model_type="clip_vision_model", hidden_size=96, intermediate_size=256, num_hidden_layers=3,
-                           num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=PATCH, projection_dim=96),
+                           num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=patch, projection_dim=96),
         text_config=dict(model_type="llama", vocab_size=vocab, hidden_size=128, intermediate_size=384,
                          num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4, head_dim=32,
                          max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.convert_tokens_to_ids("<|end|>"), pad_token_id=tokenizer.pad_token_id,
                          tie_word_embeddings=True),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        image_seq_length=(IMAGE_SIZE // PATCH) ** 2, vision_feature_select_strategy="default",
+        image_seq_length=(IMAGE_SIZE // patch) ** 2, vision_feature_select_strategy="default",
         vision_feature_layer=-1, projector_hidden_act="gelu")
     model = LlavaForConditionalGeneration(cfg)
     ip = CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
-    proc = LlavaProcessor(image_processor=ip, tokenizer=tokenizer, patch_size=PATCH,
+    proc = LlavaProcessor(image_processor=ip, tokenizer=tokenizer, patch_size=patch,
                           vision_feature_select_strategy="default", num_additional_image_tokens=1,
                           chat_template=CHAT_TEMPLATE)
     return model, proc
@@ -138,6 +138,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scenes", type=int, default=40000, help="distinct training scenes")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--patch", type=int, default=PATCH, help="vision patch size in px (16 = one grid cell)")
     ap.add_argument("--device", default="cpu", help="torch device (the committed model is trained on CPU)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -145,7 +146,7 @@ def main(argv=None):
     data = sample_split("train", args.scenes, seed=args.seed)
     corpus = [c for _, c in data[:20000]] + [DEFAULT_QUERY, VQA_TEMPLATE.format(prompt="x"), "Yes", "No"] * 50
     tok = build_tokenizer(corpus)
-    model, proc = build_model_and_processor(tok, args.seed)
+    model, proc = build_model_and_processor(tok, args.seed, args.patch)
     batcher = Batcher(proc)
     model.to(args.device)
     n_params = sum(p.numel() for p in model.parameters())
@@ -174,7 +175,7 @@ def main(argv=None):
     proc.save_pretrained(args.out)
     with open(os.path.join(args.out, "training.json"), "w") as f:
         json.dump({"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-                   "scenes": args.scenes, "params": n_params, "device": args.device, "threads": args.threads,
+                   "scenes": args.scenes, "patch": args.patch, "params": n_params, "device": args.device, "threads": args.threads,
                    "torch": torch.__version__, "seconds": round(time.time() - t0)}, f, indent=1)
     print(f"saved to {args.out} in {time.time() - t0:.0f}s", flush=True)
 
