@@ -10,7 +10,9 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: venv demo test test-fast bench eval ui clean-venv
+.PHONY: venv demo test test-fast bench eval proof ui clean-venv
+# `make demo UI=0` only scores the example (no app)
+UI ?= 1
 
 venv: $(STAMP)
 
@@ -27,6 +29,22 @@ $(STAMP): requirements.txt requirements-ui.txt requirements-dev.txt requirements
 
 demo: venv
 	$(PY) -m promptecho demo --out out/demo
+	@if [ "$(UI)" = "1" ]; then echo "opening the Gradio app on http://127.0.0.1:7860 (Ctrl-C to quit; UI=0 skips it)"; \
+	  $(PY) -m promptecho.ui --port 7860; fi
+
+ui: venv
+	$(PY) -m promptecho.ui
+
+# ShapesWorld evaluation table (README): discrimination, best-of-N, Spearman; about 10 min on 2 cores
+eval: venv
+	$(PY) -m promptecho.shapes.eval
+
+# ShapesWorld RL proof (README table): PromptEcho-rewarded AWM and Flow-GRPO, VQAScore-rewarded baseline
+proof: venv
+	$(PY) -m promptecho.grpo.shapes_proof --algorithm awm --reward promptecho --out out/proof/awm-promptecho
+	$(PY) -m promptecho.grpo.shapes_proof --algorithm grpo --reward promptecho --out out/proof/grpo-promptecho
+	$(PY) -m promptecho.grpo.shapes_proof --algorithm awm --reward vqascore --out out/proof/awm-vqascore
+	$(PY) -m promptecho.grpo.shapes_proof --table out/proof/*/proof.json
 
 test: venv
 	$(PY) -m pytest -q tests
