@@ -50,8 +50,13 @@ def _threads():
 
 
 @pytest.fixture(scope="module")
-def dev():
-    return tiny_flux_pipeline(guidance_embeds=True)
+def dev_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tiny-flux-dev"))
+
+
+@pytest.fixture(scope="module")
+def dev(dev_dir):
+    return tiny_flux_pipeline(guidance_embeds=True, out_dir=dev_dir)
 
 
 @pytest.mark.parametrize("cfg_scale,guidance", [(1.0, 3.5), (3.0, 3.5), (1.0, 1.5)])
@@ -71,6 +76,17 @@ def test_flux_guidance_is_an_input_not_a_second_pass(dev):
     with torch.no_grad():
         assert not torch.allclose(a.velocity(x, sig[0], cond, 1.0), b.velocity(x, sig[0], cond, 1.0))
     assert not torch.equal(a.pipeline_images(["a red circle"], [4], 3, 1.0), b.pipeline_images(["a red circle"], [4], 3, 1.0))
+
+
+def test_flux_session_from_a_config_alone_loads_the_folder_and_uses_its_guidance(tmp_path, dev, dev_dir):
+    """The path a user takes: a config naming the pipeline folder; the config's guidance reaches the adapter."""
+    from fixtures.adapter_checks import PROMPTS, cfg
+    from fixtures.grpo import brightness_reward
+    from promptecho.grpo.trainer import GRPOSession
+    s = GRPOSession(cfg(tmp_path, "flux", pipeline=dev_dir, guidance=2.0), reward_fn=brightness_reward,
+                    train_prompts=PROMPTS).start()
+    assert type(s.adapter.pipe).__name__ == "FluxPipeline" and s.adapter.guidance == 2.0
+    assert s.self_check_report["pipeline_max_abs_diff"] == 0.0
 
 
 def test_flux_schnell_layout_without_guidance_embedding(tmp_path):

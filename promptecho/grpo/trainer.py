@@ -58,7 +58,7 @@ class GRPOSession:
         from .adapters import load_pipeline, make_adapter
         if adapter is None:
             adapter = make_adapter(cfg.adapter, load_pipeline(cfg.adapter, cfg.pipeline, cfg.dtype, cfg.device),
-                                   cfg.device, cfg.dtype, cfg.resolution)
+                                   cfg.device, cfg.dtype, cfg.resolution, guidance=cfg.guidance)
         self.adapter = adapter
         from .prompts import load_prompts
         self.train_prompts = train_prompts if train_prompts is not None else load_prompts(cfg.prompts, cfg.max_prompt_chars)
