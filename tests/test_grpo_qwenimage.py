@@ -6,7 +6,7 @@ with identical output and uses keys ComfyUI maps for Qwen-Image."""
 import pytest
 import torch
 
-from fixtures.adapter_checks import (RES, check_against_comfy_map, export_reload_equal, self_checked_session,
+from fixtures.adapter_checks import (RES, bf16_session_self_check, check_against_comfy_map, export_reload_equal, self_checked_session,
                                      trained_session)
 from fixtures.tiny_pipelines import tiny_qwenimage_pipeline
 from promptecho.grpo.adapters import AdapterError, make_adapter
@@ -39,8 +39,13 @@ def _threads():
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    return tiny_qwenimage_pipeline()
+def folder(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tiny-qwenimage"))
+
+
+@pytest.fixture(scope="module")
+def pipe(folder):
+    return tiny_qwenimage_pipeline(out_dir=folder)
 
 
 @pytest.mark.parametrize("cfg_scale", [1.0, 4.0])
@@ -80,3 +85,8 @@ def test_qwenimage_lora_export_round_trip_and_comfyui_keys(tmp_path, pipe):
     tr = s.adapter.transformer
     mods = check_against_comfy_map(path, tr, TARGETS, comfy_qwenimage_map(len(tr.transformer_blocks)))
     assert len(mods) == 10 * len(tr.transformer_blocks)
+
+
+def test_qwenimage_self_checks_hold_in_bf16(tmp_path, pipe, folder):
+    rep = bf16_session_self_check(tmp_path, "qwenimage", folder, 4.0)
+    assert rep == {"pipeline_max_abs_diff": 0.0, "ratio_max_dev": 0.0, "kl_init": 0.0}

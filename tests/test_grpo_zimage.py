@@ -4,7 +4,7 @@ first update; the exported LoRA loads in diffusers with identical output and use
 import pytest
 import torch
 
-from fixtures.adapter_checks import (RES, check_against_comfy_map, export_reload_equal, self_checked_session,
+from fixtures.adapter_checks import (RES, bf16_session_self_check, check_against_comfy_map, export_reload_equal, self_checked_session,
                                      trained_session)
 from fixtures.tiny_pipelines import tiny_zimage_pipeline
 from promptecho.grpo.adapters import AdapterError, make_adapter
@@ -44,8 +44,13 @@ def _threads():
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    return tiny_zimage_pipeline()
+def folder(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tiny-zimage"))
+
+
+@pytest.fixture(scope="module")
+def pipe(folder):
+    return tiny_zimage_pipeline(out_dir=folder)
 
 
 @pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
@@ -91,3 +96,8 @@ def test_zimage_lora_export_round_trip_and_comfyui_keys(tmp_path, pipe):
     mods = check_against_comfy_map(path, tr, TARGETS, cmap)
     n_blocks = len(tr.layers) + 2 * len(tr.noise_refiner)  # main layers and both refiners, 7 modules each
     assert len(mods) == 7 * n_blocks
+
+
+def test_zimage_self_checks_hold_in_bf16(tmp_path, pipe, folder):
+    rep = bf16_session_self_check(tmp_path, "zimage", folder, 3.0)
+    assert rep == {"pipeline_max_abs_diff": 0.0, "ratio_max_dev": 0.0, "kl_init": 0.0}

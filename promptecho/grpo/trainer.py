@@ -39,6 +39,13 @@ def _gen(*parts) -> torch.Generator:
     return torch.Generator("cpu").manual_seed(h)
 
 
+def euler_step(x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+    """FlowMatchEulerDiscreteScheduler.step's own arithmetic, so that noise level 0 == the pipeline in every dtype:
+    x in float32, (sigma_next - sigma) * v in v's dtype (a 0-d float32 tensor does not promote a bf16 tensor), the
+    result cast to v's dtype. Upcasting v first (float32 product) differs from the pipeline by ~1e-2 in bf16."""
+    return (x.float() + (sigma_next - sigma) * v).to(v.dtype)
+
+
 @dataclass
 class Trajectory:
     x0: torch.Tensor                       # final latents [B, ...]
@@ -136,8 +143,7 @@ class GRPOSession:
                     traj.old_logps.append(sde.gaussian_log_prob(x_next, mean, scale))
                     traj.step_idx.append(i)
             else:
-                # the scheduler's own Euler arithmetic (float32 tensors), so noise level 0 == the pipeline
-                x_next = (x.float() + (sig[i + 1] - sig[i]) * v.float()).to(x.dtype)
+                x_next = euler_step(x, v, sig[i], sig[i + 1])
             x = x_next
         traj.x0 = x
         return traj
@@ -319,7 +325,7 @@ class GRPOSession:
                         ad.transformer.enable_adapters()
                     f = float(sig[i]), float(sig[i + 1])
                     kl += sde.kl_gaussian_same_std(sde.sde_mean(x, v, *f, std), sde.sde_mean(x, vr, *f, std), scale).cpu()
-                x = (x.float() + (sig[i + 1] - sig[i]) * v.float()).to(x.dtype)
+                x = euler_step(x, v, sig[i], sig[i + 1])
             images += ad.to_pil(ad.decode(x))
             kls.append(kl)
         m = {"step": self.step_count, "kind": "eval", "kl": float(torch.cat(kls).mean())}
