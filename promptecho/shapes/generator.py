@@ -9,6 +9,7 @@ There is no VAE: at 48 px a pixel-space model is cheaper than training an autoen
 Adapter-facing API (what a trainer such as GRPO relies on):
   pipe.encode_prompt(prompts) -> (embeds [B,L,D], pooled [B,D])          # "" is the unconditional prompt
   pipe.velocity(x, sigma, embeds, pooled) -> v                           # x in [-1,1], sigma in [0,1] per sample
+  pipe.predict_x0(x, sigma, embeds, pooled) -> x0 (what the transformer outputs; v = (x - x0) / sigma)
   pipe.initial_noise(batch, generator) -> x_1 ~ N(0, I) [B,3,48,48]
   pipe.sigmas(num_inference_steps) -> tensor [N+1] from 1 to 0 (the scheduler's schedule)
   pipe.decode(x) -> images in [0,1] [B,3,H,W]; pipe.to_output(x01, output_type)
@@ -32,6 +33,7 @@ PATCH = 8  # 6x6 image tokens: fast enough on CPU for best-of-N and RL
 MAX_TEXT_TOKENS = 128
 DEFAULT_STEPS = 12  # sampling defaults used by eval, best-of-N and GRPO evaluation
 DEFAULT_GUIDANCE = 2.5
+SIGMA_FLOOR = 1e-3  # velocity = (x - x0) / sigma is evaluated at sigma >= this (the schedule's last nonzero sigma)
 
 
 class ShapesWorldPipelineOutput(BaseOutput):
@@ -108,13 +110,25 @@ class ShapesWorldPipeline(DiffusionPipeline):
         pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)
         return h * m, pooled
 
-    def velocity(self, x, sigma, embeds, pooled):
-        """Flow velocity v = noise - x0 predicted at noise level sigma (tensor [B] or float)."""
+    def predict_x0(self, x, sigma, embeds, pooled):
+        """The transformer's output: the clean image x0 predicted at noise level sigma (tensor [B] or float).
+
+        x-prediction, not v-prediction: a patch of 8x8x3 = 192 pixel values is wider than the 128-wide tokens, so
+        the model cannot pass the input noise through, which v = noise - x0 would need (measured: v-prediction
+        left the noise in every sample). The clean image lies on a low-dimensional set and fits.
+        """
         if not torch.is_tensor(sigma):
             sigma = torch.full((x.shape[0],), float(sigma), device=x.device)
         sigma = sigma.to(x.device, torch.float32).reshape(-1).expand(x.shape[0])
         return self.transformer(hidden_states=x, encoder_hidden_states=embeds, pooled_projections=pooled,
                                 timestep=sigma * self.scheduler.config.num_train_timesteps, return_dict=False)[0]
+
+    def velocity(self, x, sigma, embeds, pooled):
+        """Flow velocity v = (x - x0_hat) / sigma (an estimate of noise - x0) at noise level sigma."""
+        x0 = self.predict_x0(x, sigma, embeds, pooled)
+        s = sigma if torch.is_tensor(sigma) else torch.tensor(float(sigma))
+        s = s.to(x.device, torch.float32).reshape(-1, 1, 1, 1).clamp(min=SIGMA_FLOOR)
+        return ((x.float() - x0.float()) / s).to(x0.dtype)
 
     def initial_noise(self, batch: int, generator=None, device=None, dtype=torch.float32):
         device = device or self._execution_device

@@ -2,6 +2,7 @@
 
     python -m promptecho.shapes.train_generator [--out DIR] [--steps N] [--seed S]
 
+Objective: x-prediction with the velocity loss (see ShapesWorldPipeline.predict_x0).
 Data: rendered training-split scenes with their dense captions (10 % of captions dropped to "" so
 classifier-free guidance works). Timesteps: logit-normal, as in SD3. Saves the EMA weights.
 Reproducible from --seed; CPU-only. The model is deliberately small: it should follow prompts
@@ -71,8 +72,9 @@ def main(argv=None):
         noise = torch.randn(x0.shape, generator=gen)
         s = sigma.view(-1, 1, 1, 1)
         xt = (1 - s) * x0 + s * noise
-        v = pipe.velocity(xt, sigma, embeds, pooled)
-        loss = ((v - (noise - x0)) ** 2).mean()
+        # x-prediction with the velocity loss (see ShapesWorldPipeline.predict_x0); 1/sigma capped at 20
+        x0_hat = pipe.predict_x0(xt, sigma, embeds, pooled)
+        loss = (((x0_hat - x0) / s.clamp(min=0.05)) ** 2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
