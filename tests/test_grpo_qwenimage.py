@@ -6,7 +6,8 @@ with identical output and uses keys ComfyUI maps for Qwen-Image."""
 import pytest
 import torch
 
-from fixtures.adapter_checks import (RES, bf16_session_self_check, check_against_comfy_map, export_reload_equal, self_checked_session,
+from fixtures.adapter_checks import (RES, awm_step_moves_lora, bf16_session_self_check, per_sample_sigma_matches_scalar,
+                                     check_against_comfy_map, export_reload_equal, self_checked_session,
                                      trained_session)
 from fixtures.tiny_pipelines import tiny_qwenimage_pipeline
 from promptecho.grpo.adapters import AdapterError, make_adapter
@@ -90,3 +91,8 @@ def test_qwenimage_lora_export_round_trip_and_comfyui_keys(tmp_path, pipe):
 def test_qwenimage_self_checks_hold_in_bf16(tmp_path, pipe, folder):
     rep = bf16_session_self_check(tmp_path, "qwenimage", folder, 4.0)
     assert rep == {"pipeline_max_abs_diff": 0.0, "ratio_max_dev": 0.0, "kl_init": 0.0}
+
+
+def test_qwenimage_awm_per_sample_sigmas_and_step(tmp_path, pipe):
+    per_sample_sigma_matches_scalar("qwenimage", pipe)
+    awm_step_moves_lora(tmp_path, "qwenimage", pipe)

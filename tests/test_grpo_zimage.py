@@ -4,7 +4,8 @@ first update; the exported LoRA loads in diffusers with identical output and use
 import pytest
 import torch
 
-from fixtures.adapter_checks import (RES, bf16_session_self_check, check_against_comfy_map, export_reload_equal, self_checked_session,
+from fixtures.adapter_checks import (RES, awm_step_moves_lora, bf16_session_self_check, per_sample_sigma_matches_scalar,
+                                     check_against_comfy_map, export_reload_equal, self_checked_session,
                                      trained_session)
 from fixtures.tiny_pipelines import tiny_zimage_pipeline
 from promptecho.grpo.adapters import AdapterError, make_adapter
@@ -101,3 +102,8 @@ def test_zimage_lora_export_round_trip_and_comfyui_keys(tmp_path, pipe):
 def test_zimage_self_checks_hold_in_bf16(tmp_path, pipe, folder):
     rep = bf16_session_self_check(tmp_path, "zimage", folder, 3.0)
     assert rep == {"pipeline_max_abs_diff": 0.0, "ratio_max_dev": 0.0, "kl_init": 0.0}
+
+
+def test_zimage_awm_per_sample_sigmas_and_step(tmp_path, pipe):
+    per_sample_sigma_matches_scalar("zimage", pipe)
+    awm_step_moves_lora(tmp_path, "zimage", pipe)
