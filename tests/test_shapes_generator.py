@@ -135,8 +135,8 @@ def test_batch_prompts_images_per_prompt_and_output_types(pipe):
     assert not np.allclose(out[0], out[1])  # different seeds of one prompt differ
     pil = pipe([A, B], generator=_gen(1, 2), output_type="pil", **kw).images
     assert len(pil) == 2 and all(im.size == (IMAGE_SIZE, IMAGE_SIZE) and im.mode == "RGB" for im in pil)
-    np.testing.assert_array_equal(np.asarray(pil[0]),
-                                  (out[0] * 255).round().astype(np.uint8))  # pil = quantised np of same sample
+    same = pipe([A, B], generator=_gen(1, 2), output_type="np", **kw).images  # same batch: pil = quantised np
+    np.testing.assert_array_equal(np.asarray(pil[0]), (same[0] * 255).round().astype(np.uint8))
     pt = pipe(A, generator=_gen(1), output_type="pt", **kw).images
     assert pt.shape == (1, 3, IMAGE_SIZE, IMAGE_SIZE)
     tup = pipe(A, generator=_gen(1), output_type="pt", return_dict=False, **kw)
