@@ -71,7 +71,8 @@ def build_config(args):
     from .config import preset
     cfg = preset("ShapesWorld proof")
     over = dict(algorithm=args.algorithm, reward=args.reward, seed=args.seed, output_dir=args.out,
-                threads=args.threads, eval_every=0, checkpoint_every=args.checkpoint_every)
+                threads=args.threads, eval_every=0, checkpoint_every=args.checkpoint_every,
+                pipeline=args.pipeline, reward_model=args.reward_model)
     if args.max_steps is not None:
         over["max_steps"] = args.max_steps
     if args.lr is not None:
@@ -144,6 +145,8 @@ def main(argv=None) -> int:
     ap.add_argument("--algorithm", default="grpo", choices=["grpo", "awm"])
     ap.add_argument("--reward", default="promptecho", help="promptecho | vqascore | a weighted combination")
     ap.add_argument("--out", default="out/proof/run")
+    ap.add_argument("--pipeline", default="", help="generator folder [the embedded ShapesWorld generator]")
+    ap.add_argument("--reward-model", default="", help="reward VLM folder [the embedded ShapesWorld VLM]")
     ap.add_argument("--max-steps", type=int, default=None, help="training steps [preset]")
     ap.add_argument("--minutes", type=float, default=0, help="also stop training after this many minutes (0 = no cap)")
     ap.add_argument("--lr", type=float, default=None)
