@@ -148,14 +148,15 @@ def main(argv=None):
     ap.add_argument("--json", default=None, help="also write the results as JSON")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--only", choices=["discrimination", "best-of-n"], default=None, help="run one part of the table")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from ..vlm import load_vlm
     t0 = time.time()
     vlm = load_vlm(args.vlm, dtype="float32", device=args.device)
-    disc = discrimination(vlm, args.scenes or (100 if args.quick else 1000), args.seed)
+    disc = {} if args.only == "best-of-n" else discrimination(vlm, args.scenes or (100 if args.quick else 1000), args.seed)
     bon = None
-    if os.path.isfile(os.path.join(args.generator, "model_index.json")):
+    if args.only != "discrimination" and os.path.isfile(os.path.join(args.generator, "model_index.json")):
         from .generator import DEFAULT_GUIDANCE, DEFAULT_STEPS, load_generator
         pipe = load_generator(args.generator)
         ns = (1, 4, 8) if args.quick else (1, 4, 8, 16)
