@@ -181,3 +181,32 @@ def test_example_api_workflows_are_consistent(pack):
                         assert val[1] < len(src_cls.RETURN_TYPES), (name, nid, key)
             if cls is not None:
                 assert set(cls.INPUT_TYPES()["required"]) <= set(node["inputs"]), (name, nid)
+
+
+def test_example_ui_workflows_have_valid_widget_values(pack):
+    """UI-format examples: every PromptEcho widget has a value of its type (a null combo value is sent as-is when
+    the user queues the loaded graph, and ComfyUI rejects it), in the order of INPUT_TYPES."""
+    import glob
+    paths = [p for p in glob.glob(os.path.join(ROOT, "examples", "workflows", "*.json")) if not p.endswith("_api.json")]
+    assert len(paths) >= 3
+    checked = 0
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            ui = json.load(f)
+        for node in ui["nodes"]:
+            cls = pack.NODE_CLASS_MAPPINGS.get(node["type"])
+            if cls is None:
+                continue
+            spec = cls.INPUT_TYPES()
+            widgets = [(n, v) for sec in ("required", "optional") for n, v in spec.get(sec, {}).items()
+                       if isinstance(v[0], list) or v[0] in ("STRING", "INT", "FLOAT", "BOOLEAN")]
+            assert len(node["widgets_values"]) == len(widgets), (path, node["type"])
+            for (name, (kind, *_)), value in zip(widgets, node["widgets_values"]):
+                if isinstance(kind, list):
+                    # the model list depends on the user's models/ folders; the built-in is always there
+                    assert value in kind or (name == "model" and value.startswith("LLM/")), (path, name, value)
+                else:
+                    assert isinstance(value, {"STRING": str, "INT": int, "FLOAT": (int, float),
+                                              "BOOLEAN": bool}[kind]), (path, name, value)
+                checked += 1
+    assert checked > 20
