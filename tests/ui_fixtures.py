@@ -25,11 +25,46 @@ def ui_models_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def ui_app(ui_models_dir, tmp_path_factory):
     """(url, config) of a launched standalone app; closed at the end of the session."""
+    import anyio
+
     from ui import core
     from ui.app import launch
 
+    # anyio is a pytest plugin, so pytest's assertion rewriter compiles its lazily imported submodules; the first
+    # file download would import anyio._core._fileio on a server thread while the test thread compiles too, which
+    # trips a CPython 3.11 ast bug ("AST constructor recursion depth mismatch"). Import it here, before the server.
+    anyio.open_file  # noqa: B018
+
     cfg = core.UIConfig(models_dir=ui_models_dir, out_dir=str(tmp_path_factory.mktemp("ui_out")))
-    port = free_port()
-    demo = launch(cfg, port=port, block=False)
+    for attempt in range(3):  # Gradio's start-up probe (3 s HEAD) can miss on a machine loaded by other jobs
+        port = free_port()
+        try:
+            demo = launch(cfg, port=port, block=False)
+            break
+        except ValueError as e:
+            if "localhost is not accessible" not in str(e) or attempt == 2:
+                raise
     yield f"http://127.0.0.1:{port}/", cfg
     demo.close()
+
+
+@pytest.fixture(scope="session")
+def ui_generator_dir(ui_models_dir):
+    """A tiny random ShapesWorld pipeline saved inside the models folder (the allowed area)."""
+    from promptecho.shapes.generator import ShapesWorldPipeline, build_components
+
+    path = os.path.join(ui_models_dir, "gen", "tiny-shapes")
+    pipe = ShapesWorldPipeline(**build_components(seed=0, width=32, layers=1))
+    pipe.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+TINY_TRAIN_TOML = """preset = "ShapesWorld quick"
+train_steps = 2
+eval_steps = 2
+group_size = 2
+prompts_per_step = 1
+eval_every = 1
+checkpoint_every = 0
+threads = 1
+"""

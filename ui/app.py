@@ -115,8 +115,8 @@ def _train_tab(cfg: core.UIConfig):
         from . import train_tab
     except ImportError as e:  # the GRPO engine has not landed in this checkout
         gr.Markdown(f"Training is not available in this build: {e}.")
-        return
-    train_tab.build(cfg)
+        return None
+    return train_tab.build(cfg)
 
 
 def build_blocks(cfg: Optional[core.UIConfig] = None, in_host: bool = False):
@@ -130,8 +130,9 @@ def build_blocks(cfg: Optional[core.UIConfig] = None, in_host: bool = False):
         with gr.Tab("Best-of-N"):
             _best_of_n_tab(cfg)
         with gr.Tab("Train"):
-            _train_tab(cfg)
+            mgr = _train_tab(cfg)
     demo.promptecho_config = cfg
+    demo.promptecho_training = mgr  # the Train tab's TrainingManager (None when the GRPO engine is absent)
     return demo
 
 
