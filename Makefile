@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: venv demo test test-fast bench eval proof ui clean-venv
+.PHONY: venv demo test test-fast test-ui-compat bench eval proof ui clean-venv
 # `make demo UI=0` only scores the example (no app)
 UI ?= 1
 
@@ -51,6 +51,26 @@ test: venv
 
 test-fast: venv
 	$(PY) -m pytest -q -x -m "not slow" tests
+
+# The tab under the Gradio versions WebUI hosts pin (A1111 / SD.Next 3.41-3.43, Forge 4.40): one venv each,
+# torch constrained to .venv's build. huggingface_hub 1.x (needed by transformers 5) dropped HfFolder, which these
+# Gradio versions import: tests/ui_gradio4_hfshim.py aliases it (test venvs only, via a .pth line).
+UI_COMPAT_TESTS := tests/test_ui_api.py tests/test_ui_core.py tests/test_ui_train_api.py tests/test_webui_entry.py
+GRADIO3 ?= 3.41.2
+GRADIO4 ?= 4.40.0
+
+.venv-gradio%/.installed: requirements.txt
+	test -f $(VENV)/constraints.txt || $(MAKE) venv
+	test -x .venv-gradio$*/bin/python || $(PYTHON) -m venv .venv-gradio$*
+	.venv-gradio$*/bin/python -m pip install -q -c $(VENV)/constraints.txt -r requirements.txt pytest accelerate \
+	  "gradio==$(GRADIO$*)"
+	cp tests/ui_gradio4_hfshim.py "$$(.venv-gradio$*/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/"
+	echo "import ui_gradio4_hfshim" > "$$(.venv-gradio$*/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/ui_gradio4_hfshim.pth"
+	touch $@
+
+test-ui-compat: .venv-gradio3/.installed .venv-gradio4/.installed
+	@rc=0; for v in 3 4; do echo "== Gradio $$(.venv-gradio$$v/bin/python -c 'import gradio; print(gradio.__version__)')"; \
+	  .venv-gradio$$v/bin/python -m pytest -q -p no:cacheprovider $(UI_COMPAT_TESTS) || rc=1; done; exit $$rc
 
 bench: venv
 	$(PY) bench/run_all.py
