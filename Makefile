@@ -10,13 +10,13 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: venv demo test test-fast test-ui-compat bench eval proof ui clean-venv
+.PHONY: venv demo test test-fast test-browser test-ui-compat bench eval proof ui clean-venv
 # `make demo UI=0` only scores the example (no app)
 UI ?= 1
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt requirements-ui.txt requirements-dev.txt requirements-test-extras.txt
+$(STAMP): requirements.txt requirements-ui.txt requirements-dev.txt requirements-test-extras.txt requirements-browser.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(VENV)/constraints.txt 2>/dev/null \
 	  || echo "torch==$(TORCH)" > $(VENV)/constraints.txt
@@ -25,6 +25,9 @@ $(STAMP): requirements.txt requirements-ui.txt requirements-dev.txt requirements
 	@# test-only extras kept apart from site-packages (see requirements-test-extras.txt); tests skip without them
 	$(PY) -m pip install -q --no-deps --upgrade --target $(VENV)/test-extras -r requirements-test-extras.txt \
 	  || echo "warning: test extras not installed; Qwen/SmolVLM engine tests will be skipped"
+	@# browser tests: playwright's package only (no `playwright install`); they drive Debian's /usr/bin/chromium
+	$(PY) -m pip install -q -c $(VENV)/constraints.txt -r requirements-browser.txt \
+	  || echo "warning: playwright not installed; browser tests will be skipped"
 	touch $(STAMP)
 
 demo: venv
@@ -51,6 +54,10 @@ test: venv
 
 test-fast: venv
 	$(PY) -m pytest -q -x -m "not slow" tests
+
+# the app in Debian's Chromium through Playwright (screenshots in test-artifacts/browser/); skipped without them
+test-browser: venv
+	$(PY) -m pytest -q tests/test_browser.py
 
 # The tab under the Gradio versions WebUI hosts pin (A1111 / SD.Next 3.41-3.43, Forge 4.40): one venv each,
 # torch constrained to .venv's build. huggingface_hub 1.x (needed by transformers 5) dropped HfFolder, which these
