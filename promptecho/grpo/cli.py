@@ -7,7 +7,7 @@ import sys
 import threading
 
 EPILOG_TRAIN = """examples:
-  python -m promptecho train --config configs/shapesworld_quick.toml
+  python -m promptecho train --config examples/configs/shapesworld_quick.toml
   python -m promptecho train --config my.toml --resume latest      # continue from the last checkpoint
   accelerate launch --num_processes 2 -m promptecho train --config my.toml   # data-parallel (see README)
 Ctrl-C stops after the current step and writes a checkpoint (press twice to abort at once)."""
@@ -24,18 +24,29 @@ def cmd_train(args) -> int:
     if args.threads:
         cfg.threads = args.threads
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    session = GRPOSession(cfg, run_self_checks=not args.skip_self_check).start(resume=args.resume)
+    accelerator = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by `accelerate launch` (or torchrun): data parallel
+        try:
+            from accelerate import Accelerator
+        except ImportError as e:
+            raise SystemExit("several processes were launched but `accelerate` is not installed: "
+                             "pip install accelerate") from e
+        accelerator = Accelerator(cpu=cfg.device == "cpu")
+    session = GRPOSession(cfg, run_self_checks=not args.skip_self_check,
+                          accelerator=accelerator).start(resume=args.resume)
+    main = session.is_main
     stop = threading.Event()
 
     def on_sigint(sig, frame):
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
-        print("\nstopping after this step (checkpoint will be written); Ctrl-C again to abort", file=sys.stderr)
+        if main:
+            print("\nstopping after this step (checkpoint will be written); Ctrl-C again to abort", file=sys.stderr)
     old = signal.signal(signal.SIGINT, on_sigint)
     try:
         from tqdm import tqdm
-        bar = tqdm(total=cfg.max_steps, initial=session.step_count, desc="GRPO", unit="step")
+        bar = tqdm(total=cfg.max_steps, initial=session.step_count, desc="GRPO", unit="step") if main else None
     except ImportError:
         bar = None
     try:
@@ -52,6 +63,8 @@ def cmd_train(args) -> int:
         signal.signal(signal.SIGINT, old)
         if bar:
             bar.close()
+    if not main:
+        return 0
     ck = session.latest_checkpoint()
     print(f"checkpoint: {ck}")
     if args.export:

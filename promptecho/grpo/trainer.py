@@ -3,6 +3,14 @@
 Every random draw of step s (prompt choice, initial noise seeds, SDE noise, AWM noise levels) comes from
 generators seeded by (config.seed, s), so a run resumed from a checkpoint continues bit-identically: the
 checkpoint only needs the LoRA, the optimiser state and the step (RNG states and history are saved too).
+
+Data parallel (`accelerate launch`, see README "Multi-GPU"): pass an `accelerate.Accelerator`. Every process
+draws the same global batch, samples and rewards its contiguous slice of rows (SDE/AWM noise is drawn for the
+global batch and sliced, so each image gets the noise it would get in one process), rewards are gathered so
+advantages use whole groups, gradients are averaged with `accelerator.reduce` before each optimiser step, and
+only the main process writes files. The adapters call the pipeline's transformer directly (and read its
+config), so the gradients are reduced explicitly instead of routing every call through a DDP wrapper; the math
+is DDP's (mean of per-process gradients of equal-sized shards).
 """
 from __future__ import annotations
 
@@ -58,14 +66,25 @@ class Trajectory:
 class GRPOSession:
     def __init__(self, cfg: GRPOConfig, adapter=None, reward_fn: Optional[Callable] = None,
                  eval_rewards: Optional[Dict[str, Callable]] = None, train_prompts: Optional[List[str]] = None,
-                 eval_prompts: Optional[List[str]] = None, run_self_checks: bool = True):
+                 eval_prompts: Optional[List[str]] = None, run_self_checks: bool = True, accelerator=None):
         self.cfg = cfg.validate()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        self.acc = accelerator
+        self.world = accelerator.num_processes if accelerator is not None else 1
+        self.rank = accelerator.process_index if accelerator is not None else 0
+        self.is_main = self.rank == 0
+        n = cfg.group_size * cfg.prompts_per_step
+        if n % self.world:
+            from .config import ConfigError
+            raise ConfigError(f"group_size x prompts_per_step (= {n} images per step) must be divisible by the "
+                              f"number of processes ({self.world})")
+        # each process uses the device accelerate gives it (cuda:<local rank> on a multi-GPU machine)
+        device = str(accelerator.device) if accelerator is not None else cfg.device
         from .adapters import load_pipeline, make_adapter
         if adapter is None:
-            adapter = make_adapter(cfg.adapter, load_pipeline(cfg.adapter, cfg.pipeline, cfg.dtype, cfg.device),
-                                   cfg.device, cfg.dtype, cfg.resolution, guidance=cfg.guidance)
+            adapter = make_adapter(cfg.adapter, load_pipeline(cfg.adapter, cfg.pipeline, cfg.dtype, device),
+                                   device, cfg.dtype, cfg.resolution, guidance=cfg.guidance)
         self.adapter = adapter
         from .prompts import load_prompts
         self.train_prompts = train_prompts if train_prompts is not None else load_prompts(cfg.prompts, cfg.max_prompt_chars)
@@ -73,7 +92,7 @@ class GRPOSession:
             load_prompts(cfg.eval_prompts, cfg.max_prompt_chars) if cfg.eval_prompts else [])
         if reward_fn is None:
             from .rewards import build_reward
-            reward_fn = build_reward(cfg.reward, cfg.reward_model or None, cfg.device if cfg.device != "auto" else "cpu")
+            reward_fn = build_reward(cfg.reward, cfg.reward_model or None, device if device != "auto" else "cpu")
         self.reward_fn = reward_fn
         self.eval_rewards = dict(eval_rewards or {})
         if cfg.eval_reward and not eval_rewards:
@@ -100,14 +119,16 @@ class GRPOSession:
         for p in self.params:
             p.data = p.data.float()
         self.opt = torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-        os.makedirs(self.out, exist_ok=True)
-        self.cfg.save(os.path.join(self.out, "config.toml"))
+        if self.is_main:
+            os.makedirs(self.out, exist_ok=True)
+            self.cfg.save(os.path.join(self.out, "config.toml"))
         if resume:
             path = self.latest_checkpoint() if resume == "latest" else resume
             if path:
                 self.load_checkpoint(path)
         if self.run_self_checks and self.step_count == 0:
             self.self_check()
+        self.check_ranks_in_sync()
         self._started = True
         return self
 
@@ -124,7 +145,10 @@ class GRPOSession:
 
     @torch.no_grad()
     def sample(self, cond, seeds: Sequence[int], steps: int, cfg_scale: float, noise_level: float,
-               sde_steps: set, noise_gen: Optional[torch.Generator] = None, record: bool = False) -> Trajectory:
+               sde_steps: set, noise_gen: Optional[torch.Generator] = None, record: bool = False,
+               rows: Optional[tuple] = None) -> Trajectory:
+        """rows = (lo, hi, n): this call samples rows lo:hi of an n-image batch; SDE noise is drawn for all n rows
+        and sliced, so every image gets the same noise as in a single-process run."""
         ad = self.adapter
         x = ad.initial_noise(seeds)
         sig = ad.sigmas(steps)
@@ -135,7 +159,9 @@ class GRPOSession:
             if i in sde_steps and noise_level > 0:
                 std = sde.sde_std(float(sig[i]), finite, noise_level)
                 scale = sde.step_scale(float(sig[i]), float(sig[i + 1]), std)
-                noise = torch.randn(x.shape, generator=noise_gen, dtype=torch.float32).to(x.device, x.dtype)
+                lo, hi, n = rows or (0, x.shape[0], x.shape[0])
+                noise = torch.randn((n, *x.shape[1:]), generator=noise_gen, dtype=torch.float32)[lo:hi]
+                noise = noise.to(x.device, x.dtype)
                 x_next, mean = sde.sde_step(x, v, float(sig[i]), float(sig[i + 1]), std, noise=noise)
                 if record:
                     traj.xs.append(x)
@@ -209,6 +235,11 @@ class GRPOSession:
         seeds = torch.randint(0, 2 ** 31 - 1, (len(prompts),), generator=g).tolist()
         return prompts, groups, seeds
 
+    def _rows(self, n: int) -> tuple:
+        """(lo, hi, n): this process's contiguous slice of an n-row global batch (all rows in one process)."""
+        k = n // self.world
+        return self.rank * k, (self.rank + 1) * k, n
+
     def step(self) -> Dict:
         """One GRPO iteration: sample a group per prompt, reward, advantages, update. Returns its metrics."""
         if not self._started:
@@ -216,22 +247,31 @@ class GRPOSession:
         cfg, ad = self.cfg, self.adapter
         t0 = time.perf_counter()
         prompts, groups, seeds = self._batch(self.step_count)
-        cond = ad.encode(prompts, cfg.train_cfg)
+        rows = self._rows(len(prompts))
+        lo, hi, _ = rows
+        cond = ad.encode(prompts[lo:hi], cfg.train_cfg)
         sde_steps = self._sde_indices(cfg.train_steps) if cfg.algorithm == "grpo" else set()
-        traj = self.sample(cond, seeds, cfg.train_steps, cfg.train_cfg, cfg.noise_level if cfg.algorithm == "grpo" else 0.0,
-                           sde_steps, _gen(cfg.seed, self.step_count, "sde"), record=cfg.algorithm == "grpo")
+        traj = self.sample(cond, seeds[lo:hi], cfg.train_steps, cfg.train_cfg,
+                           cfg.noise_level if cfg.algorithm == "grpo" else 0.0, sde_steps,
+                           _gen(cfg.seed, self.step_count, "sde"), record=cfg.algorithm == "grpo", rows=rows)
         with torch.no_grad():
             images = ad.to_pil(ad.decode(traj.x0))
         t1 = time.perf_counter()
-        rewards = torch.tensor([float(r) for r in self.reward_fn(images, prompts)])
+        rewards = torch.tensor([float(r) for r in self.reward_fn(images, prompts[lo:hi])])
+        if self.world > 1:  # whole groups are needed for the advantages: gather all rows (in rank = row order)
+            rewards = self.acc.gather(rewards.to(self.acc.device)).cpu()
         t2 = time.perf_counter()
-        adv = sde.advantages(rewards, groups, cfg.adv_mode, cfg.adv_scope, cfg.adv_clip).to(ad.device)
+        adv = sde.advantages(rewards, groups, cfg.adv_mode, cfg.adv_scope, cfg.adv_clip)[lo:hi].to(ad.device)
         spread = sde.group_reward_spread(rewards, groups)
         n_flat = int((spread < 1e-8).sum())
         if n_flat:
             log.warning("step %d: rewards do not vary within %d of %d prompt groups (no learning signal there)",
                         self.step_count, n_flat, len(spread))
-        m = self._update_grpo(traj, cond, adv) if cfg.algorithm == "grpo" else self._update_awm(traj, cond, adv)
+        m = self._update_grpo(traj, cond, adv) if cfg.algorithm == "grpo" else self._update_awm(traj, cond, adv, rows)
+        if self.world > 1:  # global means of the per-process losses (shards are equal-sized); ratio_dev stays local
+            keys = [k for k in ("loss", "kl", "clip_frac") if k in m]
+            red = self.acc.reduce(torch.tensor([m[k] for k in keys], device=self.acc.device), reduction="mean")
+            m.update({k: float(v) for k, v in zip(keys, red.cpu())})
         t3 = time.perf_counter()
         self.step_count += 1
         m.update(step=self.step_count, kind="train", reward_mean=float(rewards.mean()), reward_std=float(rewards.std()),
@@ -260,17 +300,18 @@ class GRPOSession:
             self._optim_step()
         return stats
 
-    def _update_awm(self, traj: Trajectory, cond, adv) -> Dict:
+    def _update_awm(self, traj: Trajectory, cond, adv, rows: Optional[tuple] = None) -> Dict:
         cfg, ad = self.cfg, self.adapter
         g = _gen(cfg.seed, self.step_count, "awm")
         x0 = traj.x0.detach()
+        lo, hi, n = rows or (0, x0.shape[0], x0.shape[0])  # noise drawn for the global batch, sliced
         stats = {"loss": 0.0, "kl": 0.0}
         k = cfg.awm_timesteps
         for _ in range(cfg.inner_epochs):
             self.opt.zero_grad(set_to_none=True)
             for _ in range(k):
-                sigma = torch.rand(x0.shape[0], generator=g).mul(0.98).add(0.01)
-                noise = torch.randn(x0.shape, generator=g, dtype=torch.float32).to(x0.device, x0.dtype)
+                sigma = torch.rand(n, generator=g).mul(0.98).add(0.01)[lo:hi]
+                noise = torch.randn((n, *x0.shape[1:]), generator=g, dtype=torch.float32)[lo:hi].to(x0.device, x0.dtype)
                 xt, target = noisy_sample(x0, noise, sigma.to(x0.device))
                 v = ad.velocity(xt, sigma, cond, 1.0)
                 v_ref = None
@@ -289,6 +330,11 @@ class GRPOSession:
         return stats
 
     def _optim_step(self):
+        if self.world > 1:  # data parallel: every process steps with the mean of all processes' gradients
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+            flat = self.acc.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="mean")
+            for p, g in zip(self.params, flat.split([q.numel() for q in self.params])):
+                p.grad = g.view_as(p).clone()
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.opt.step()
@@ -353,6 +399,8 @@ class GRPOSession:
 
     def _record(self, m: Dict):
         self.history.append(m)
+        if not self.is_main:
+            return
         with open(os.path.join(self.out, "metrics.jsonl"), "a", encoding="utf-8") as f:
             f.write(json.dumps(m) + "\n")
 
@@ -363,18 +411,44 @@ class GRPOSession:
         cfg = self.cfg
         total = cfg.max_steps if max_steps is None else max_steps
         try:
-            if self.step_count == 0 and cfg.eval_every and self.eval_prompts:
+            evals = cfg.eval_every and self.eval_prompts and self.is_main  # evaluation: main process only
+            if self.step_count == 0 and evals:
                 yield self.evaluate()
             while self.step_count < total:
-                if stop_event is not None and stop_event.is_set():
+                if self._should_stop(stop_event):
                     break
                 yield self.step()
-                if cfg.eval_every and self.step_count % cfg.eval_every == 0 and self.eval_prompts:
+                if evals and self.step_count % cfg.eval_every == 0:
                     yield self.evaluate()
                 if cfg.checkpoint_every and self.step_count % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
         finally:
             self.save_checkpoint()
+
+    def _should_stop(self, stop_event) -> bool:
+        stop = stop_event is not None and stop_event.is_set()
+        if self.world > 1:  # all processes stop at the same step (a Ctrl-C reaches them at different moments)
+            stop = bool(self.acc.reduce(torch.tensor([float(stop)], device=self.acc.device), reduction="max").item())
+        return stop
+
+    def check_ranks_in_sync(self) -> List[str]:
+        """Data parallel: SHA-256 of the LoRA weights on every process (gathered); raises if they differ.
+        Returns the per-process digests (one in a single process)."""
+        import hashlib
+        h = hashlib.sha256()
+        for p in self.params:
+            h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+        digest = h.hexdigest()
+        if self.world == 1:
+            return [digest]
+        local = torch.tensor([int(digest[i:i + 15], 16) for i in range(0, 60, 15)], dtype=torch.int64,
+                             device=self.acc.device)
+        allv = self.acc.gather(local).cpu().view(self.world, -1)
+        digests = ["".join(f"{int(v):015x}" for v in row) for row in allv]
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"LoRA weights differ across the {self.world} processes at step {self.step_count} "
+                               f"(digest prefixes {[d[:12] for d in digests]}): the data-parallel run is out of sync")
+        return digests
 
     def run(self, stop_event=None, callback: Optional[Callable[[Dict], None]] = None, max_steps=None) -> List[Dict]:
         out = []
@@ -401,9 +475,12 @@ class GRPOSession:
         from safetensors.torch import save_file
         from .export import peft_lora_state
         root = self._ckpt_root()
-        os.makedirs(root, exist_ok=True)
         name = f"step-{self.step_count:06d}"
         final = os.path.join(root, name)
+        digests = self.check_ranks_in_sync() if self.world > 1 else None
+        if not self.is_main:  # data parallel: the main process writes, the others hold identical weights
+            return final
+        os.makedirs(root, exist_ok=True)
         if os.path.isdir(final) and os.path.isfile(os.path.join(final, "state.pt")):
             self._write_latest(name)
             return final
@@ -419,6 +496,9 @@ class GRPOSession:
                    os.path.join(tmp, "state.pt"))
         with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
             json.dump(self.cfg.to_dict(), f, indent=1)
+        if digests:
+            with open(os.path.join(tmp, "processes.json"), "w", encoding="utf-8") as f:
+                json.dump({"num_processes": self.world, "lora_sha256_per_process": digests}, f, indent=1)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         self._write_latest(name)
