@@ -77,6 +77,8 @@ def build_config(args):
         over["max_steps"] = args.max_steps
     if args.lr is not None:
         over["lr"] = args.lr
+    if args.train_cfg is not None:
+        over["train_cfg"] = args.train_cfg
     for k, v in over.items():
         setattr(cfg, k, v)
     return cfg.validate()
@@ -150,6 +152,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-steps", type=int, default=None, help="training steps [preset]")
     ap.add_argument("--minutes", type=float, default=0, help="also stop training after this many minutes (0 = no cap)")
     ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--train-cfg", type=float, default=None, help="CFG while sampling for training [preset]")
     ap.add_argument("--train-prompts", type=int, default=2000)
     ap.add_argument("--eval-prompts", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
