@@ -278,11 +278,11 @@ class TrainingManager:
         from promptecho.heatmap import render_heatmap
         items = []
         for i, (im, p) in enumerate(zip(images, prompts)):
-            ip = os.path.join(d, f"prompt{i:02d}.png")
+            ip = os.path.join(d, f"step{step:06d}_prompt{i:02d}.png")  # unique names: clients may flatten them
             im.save(ip)
             items.append((ip, f"step {step} · prompt {i + 1}: {p[:60]}"))
             if results is not None:
-                hp = os.path.join(d, f"prompt{i:02d}_heatmap.png")
+                hp = os.path.join(d, f"step{step:06d}_prompt{i:02d}_heatmap.png")
                 render_heatmap(results[i], width=512).save(hp)
                 items.append((hp, f"step {step} · prompt {i + 1} · reward {results[i].reward:.3f}"))
         return items
