@@ -72,10 +72,18 @@ def build(cfg: core.UIConfig, manager: TrainingManager = None) -> TrainingManage
     exported = file_output("Exported LoRA")
     export_status = gr.Markdown(elem_id="pe-export-status")
 
+    def plot(rows):
+        # x_lim with every frame makes Gradio 6 re-embed the chart; otherwise a series that first appears in a
+        # later frame (the smoothed curve) keeps the first frame's colour domain and is drawn without a stroke
+        if not rows:
+            return update()
+        steps = [r[0] for r in rows]
+        lo, hi = min(steps), max(steps)
+        return update(value=_df(rows), x_lim=[lo, hi if hi > lo else lo + 1])
+
     def views(sm):
         r, k = mgr.curves(float(sm or 0))
-        return (_df(r) if r else update(), _df(k) if k else update(),
-                list(mgr.gallery) if mgr.gallery else update())
+        return plot(r), plot(k), list(mgr.gallery) if mgr.gallery else update()
 
     def current():
         return os.path.basename(mgr.session_dir) if mgr.session_dir else None
