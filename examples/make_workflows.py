@@ -68,7 +68,8 @@ def build(spec):
     for order, (i, (c, inp)) in enumerate(spec.items()):
         ins, outs = node_io(c)
         col, row = order % 4, order // 4
-        size = [460, 560] if c in ("PromptEchoScore", "PromptEchoBestOfN") else [400, 320]  # room for the heatmap
+        # room for the heatmap widget (Best-of-N also lists the ranking above it)
+        size = {"PromptEchoScore": [460, 560], "PromptEchoBestOfN": [460, 660]}.get(c, [400, 320])
         node = {"id": i, "type": c, "pos": [40 + 500 * col, 60 + 600 * row], "size": size, "flags": {},
                 "order": order, "mode": 0,
                 "inputs": [{"name": n, "type": t, "link": next((l[0] for l in links if l[3] == i and l[4] == s), None)}

@@ -16,6 +16,12 @@ const STYLE = `
 .promptecho-heatmap .pe-word { border-radius: 4px; padding: 1px 3px; margin: 0 1px; cursor: help;
   white-space: pre-wrap; }
 .promptecho-heatmap .pe-empty { opacity: 0.6; }
+.promptecho-heatmap .pe-ranking { display: flex; flex-wrap: wrap; gap: 4px; margin-bottom: 4px;
+  font-variant-numeric: tabular-nums; }
+.promptecho-heatmap .pe-rank { border: 1px solid var(--border-color, #555); border-radius: 4px; padding: 0 5px;
+  line-height: 1.6; opacity: 0.75; }
+.promptecho-heatmap .pe-rank.pe-kept { cursor: pointer; opacity: 1; }
+.promptecho-heatmap .pe-rank.pe-on { outline: 2px solid var(--fg-color, #ddd); }
 `;
 
 function ensureStyle() {
@@ -50,9 +56,32 @@ function renderOne(body, r) {
   if (pos < r.prompt.length) body.appendChild(document.createTextNode(r.prompt.slice(pos)));
 }
 
+function rankingRow(ranking, kept, pick) {
+  // Best-of-N: the whole ranking (every image of the batch, best first); the kept top_k ones are clickable
+  const row = document.createElement("div");
+  row.className = "pe-ranking";
+  row.title = "ranking, best first (img = index in the input batch)";
+  const chips = ranking.map((e, i) => {
+    const c = document.createElement("span");
+    c.className = "pe-rank" + (i < kept ? " pe-kept" : "");
+    c.textContent = `#${i + 1} img ${e.index}: ${e.score.toFixed(3)}`;
+    if (i < kept) c.onclick = () => pick(i);
+    row.appendChild(c);
+    return c;
+  });
+  return { row, chips };
+}
+
 function render(el, results, ranking) {
   el.replaceChildren();
-  if (!results || !results.length) {
+  const n = results ? results.length : 0;
+  let sel = null, show = () => {};
+  const rank = ranking && ranking.length > 1 ? rankingRow(ranking, n, (i) => {
+    if (sel) sel.value = String(i);
+    show(i);
+  }) : null;
+  if (rank) el.appendChild(rank.row);
+  if (!n) {
     const p = document.createElement("div");
     p.className = "pe-empty";
     p.textContent = "no PromptEcho heatmap (VQAScore ranking has no per-word losses)";
@@ -64,15 +93,16 @@ function render(el, results, ranking) {
   const reward = document.createElement("span");
   reward.className = "pe-reward";
   const body = document.createElement("div");
-  const show = (i) => {
+  show = (i) => {
     const r = results[i];
     reward.textContent = `reward ${r.reward.toFixed(4)}`;
     reward.title = `${r.reduction} CE over ${r.token_losses.length} prompt tokens` +
       (r.truncated_tokens ? `; ${r.truncated_tokens} tokens truncated` : "");
     renderOne(body, r);
+    rank?.chips.forEach((c, j) => c.classList.toggle("pe-on", j === i));
   };
-  if (results.length > 1) {
-    const sel = document.createElement("select");
+  if (n > 1) {
+    sel = document.createElement("select");
     results.forEach((r, i) => {
       const o = document.createElement("option");
       const label = ranking ? `rank ${i + 1} (image ${ranking[i].index})` : `image ${i}`;
