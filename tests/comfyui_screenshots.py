@@ -26,7 +26,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from test_comfyui_e2e import SHIM  # noqa: E402  (the CPU torchvision shim the e2e harness installs)
+from test_comfyui_e2e import prepare_comfyui  # noqa: E402  (the e2e harness's set-up: pack link, CPU shim, images)
 
 MAX_BYTES = 300_000
 
@@ -34,22 +34,6 @@ MAX_BYTES = 300_000
 def _get(url, timeout=10):
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return json.loads(r.read())
-
-
-def prepare(comfy):
-    nodes_dir = os.path.join(comfy, "custom_nodes")
-    link = os.path.join(nodes_dir, "promptecho")
-    if not os.path.exists(link):
-        os.symlink(ROOT, link)
-    shim_dir = os.path.join(nodes_dir, "zz_cpu_torchvision_shim")
-    os.makedirs(shim_dir, exist_ok=True)
-    with open(os.path.join(shim_dir, "prestartup_script.py"), "w") as f:
-        f.write(SHIM)
-    with open(os.path.join(shim_dir, "__init__.py"), "w") as f:
-        f.write("NODE_CLASS_MAPPINGS = {}\n")
-    for name in os.listdir(os.path.join(ROOT, "examples", "images")):
-        if name.endswith(".png"):
-            shutil.copy(os.path.join(ROOT, "examples", "images", name), os.path.join(comfy, "input", name))
 
 
 def start(comfy, python, user_dir, log):
@@ -171,7 +155,7 @@ def main():
     if not os.access(chromium, os.X_OK):
         sys.exit("Debian's Chromium is needed: apt-get install -y chromium (or set PROMPTECHO_CHROMIUM)")
     from playwright.sync_api import sync_playwright
-    prepare(comfy)
+    prepare_comfyui(comfy)
     vw, vh = 1600, 1000
     with tempfile.TemporaryDirectory() as user_dir, open(os.path.join(comfy, "promptecho_shots.log"), "w") as log:
         proc, base = start(comfy, os.environ.get("COMFYUI_PYTHON", sys.executable), user_dir, log)

@@ -61,9 +61,9 @@ def _post(url, data):
         return json.loads(r.read())
 
 
-@pytest.fixture(scope="module")
-def comfy():
-    nodes_dir = os.path.join(COMFY, "custom_nodes")
+def prepare_comfyui(comfy):
+    """Link the pack into custom_nodes/, add the CPU torchvision shim, copy the example images to input/."""
+    nodes_dir = os.path.join(comfy, "custom_nodes")
     link = os.path.join(nodes_dir, "promptecho")
     if not os.path.exists(link):
         os.symlink(ROOT, link)
@@ -75,7 +75,12 @@ def comfy():
         f.write("NODE_CLASS_MAPPINGS = {}\n")
     for name in os.listdir(os.path.join(ROOT, "examples", "images")):
         if name.endswith(".png"):
-            shutil.copy(os.path.join(ROOT, "examples", "images", name), os.path.join(COMFY, "input", name))
+            shutil.copy(os.path.join(ROOT, "examples", "images", name), os.path.join(comfy, "input", name))
+
+
+@pytest.fixture(scope="module")
+def comfy():
+    prepare_comfyui(COMFY)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
