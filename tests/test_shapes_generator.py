@@ -60,6 +60,26 @@ def test_parts_reproduce_the_pipeline_exactly(pipe, guidance):
     assert torch.equal(ref, mine)
 
 
+def test_canvas_border_is_noise_in_and_cropped_out(pipe):
+    """The transformer denoises a 56 px canvas (the 48 px scene in a 4 px black border, so small objects sit
+    inside one 8 px patch); noise has the canvas shape, decode crops back to the scene, pad_to_canvas inverts it."""
+    assert pipe.canvas == IMAGE_SIZE + 2 * 4 and pipe.canvas % pipe.transformer.config.patch_size == 0
+    x = pipe.initial_noise(2, _gen(1, 2))
+    assert x.shape == (2, 3, pipe.canvas, pipe.canvas)
+    scene = torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE) * 2 - 1
+    canvas = pipe.pad_to_canvas(scene, pipe.canvas)
+    assert canvas.shape == x.shape
+    assert torch.equal(canvas[..., :4, :], torch.full_like(canvas[..., :4, :], -1.0))  # black border
+    assert torch.equal(canvas[..., :, -4:], torch.full_like(canvas[..., :, -4:], -1.0))
+    assert torch.equal(pipe.decode(canvas), (scene / 2 + 0.5).clamp(0, 1))
+    # a border-less model (pad 0, as trained before the canvas) keeps 48 px end to end
+    flat = ShapesWorldPipeline(**build_components(seed=3, width=32, layers=1, pad=0))
+    assert flat.canvas == IMAGE_SIZE and flat.initial_noise(1, _gen(1)).shape[-1] == IMAGE_SIZE
+    assert flat(A, num_inference_steps=1, generator=_gen(0), output_type="pt").images.shape[-1] == IMAGE_SIZE
+    with pytest.raises(ValueError, match="multiple of the patch"):
+        build_components(seed=3, width=32, layers=1, pad=3)
+
+
 def test_sigmas_run_from_noise_to_image(pipe):
     s = pipe.sigmas(DEFAULT_STEPS)
     assert s.shape == (DEFAULT_STEPS + 1,) and s.dtype == torch.float32
@@ -70,7 +90,7 @@ def test_sigmas_run_from_noise_to_image(pipe):
 def test_velocity_is_differentiable_and_matches_flow_convention(pipe):
     """x_sigma = (1 - sigma) x0 + sigma noise, target v = noise - x0: one training step must lower the loss."""
     tr = pipe.transformer
-    x0 = torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE) * 2 - 1
+    x0 = torch.rand(2, 3, pipe.canvas, pipe.canvas) * 2 - 1
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
     sigma = torch.tensor([0.3, 0.8])
     xt = (1 - sigma.view(-1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1) * noise

@@ -1,7 +1,9 @@
 """ShapesWorld text-to-image generator: a pixel-space flow-matching pipeline built from diffusers parts.
 
 Components (all standard library classes, saved/loaded by diffusers' own machinery):
-  transformer: diffusers `SD3Transformer2DModel` (MMDiT) acting directly on 48x48 RGB pixels (patch 8)
+  transformer: diffusers `SD3Transformer2DModel` (MMDiT) acting directly on RGB pixels (patch 8): a 56x56 canvas
+    holding the 48x48 scene inside a 4 px black border (the border puts every grid-cell centre, hence every
+    small object, inside one 8 px patch instead of on the corner of four; `decode` crops it off)
   text_encoder: transformers `T5EncoderModel` (tiny), tokenizer: word-level `PreTrainedTokenizerFast`
   scheduler: diffusers `FlowMatchEulerDiscreteScheduler`
 There is no VAE: at 48 px a pixel-space model is cheaper than training an autoencoder on 2 CPU cores.
@@ -10,9 +12,9 @@ Adapter-facing API (what a trainer such as GRPO relies on):
   pipe.encode_prompt(prompts) -> (embeds [B,L,D], pooled [B,D])          # "" is the unconditional prompt
   pipe.velocity(x, sigma, embeds, pooled) -> v                           # x in [-1,1], sigma in [0,1] per sample
   pipe.predict_x0(x, sigma, embeds, pooled) -> x0 (what the transformer outputs; v = (x - x0) / sigma)
-  pipe.initial_noise(batch, generator) -> x_1 ~ N(0, I) [B,3,48,48]
+  pipe.initial_noise(batch, generator) -> x_1 ~ N(0, I) [B,3,C,C] on the canvas (C = transformer sample_size)
   pipe.sigmas(num_inference_steps) -> tensor [N+1] from 1 to 0 (the scheduler's schedule)
-  pipe.decode(x) -> images in [0,1] [B,3,H,W]; pipe.to_output(x01, output_type)
+  pipe.decode(x) -> images in [0,1] [B,3,48,48] (border cropped); pipe.to_output(x01, output_type)
   Flow convention: x_sigma = (1 - sigma) * x_0 + sigma * noise, v = noise - x_0, x_next = x + (sigma_next - sigma) v.
   LoRA targets: the transformer's attention projections to_q, to_k, to_v, to_out.0 (and add_*_proj).
 """
@@ -29,7 +31,8 @@ from PIL import Image
 from .render import IMAGE_SIZE
 from .world import COLORS, NUMBERS, REGIONS, SHAPES, SIZES
 
-PATCH = 8  # 6x6 image tokens: fast enough on CPU for best-of-N and RL
+PATCH = 8  # 7x7 image tokens on the 56 px canvas: fast enough on CPU for best-of-N and RL
+PAD = 4  # canvas border (px) around the 48 px scene; see the module docstring
 MAX_TEXT_TOKENS = 128
 DEFAULT_STEPS = 12  # sampling defaults used by eval, best-of-N and GRPO evaluation
 DEFAULT_GUIDANCE = 2.5
@@ -69,7 +72,7 @@ def build_tokenizer():
                                    model_max_length=MAX_TEXT_TOKENS)
 
 
-def build_components(seed: int = 0, width: int = 128, layers: int = 4):
+def build_components(seed: int = 0, width: int = 128, layers: int = 4, pad: int = PAD):
     """Fresh random-weight components (what train_generator starts from; tests use them too)."""
     from transformers import T5Config, T5EncoderModel
 
@@ -79,10 +82,13 @@ def build_components(seed: int = 0, width: int = 128, layers: int = 4):
                                            num_layers=2, num_heads=4, relative_attention_num_buckets=16,
                                            pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
                                            dropout_rate=0.0))
+    canvas = IMAGE_SIZE + 2 * pad
+    if canvas % PATCH:
+        raise ValueError(f"canvas {IMAGE_SIZE} + 2 * {pad} px is not a multiple of the patch size {PATCH}")
     transformer = SD3Transformer2DModel(
-        sample_size=IMAGE_SIZE, patch_size=PATCH, in_channels=3, out_channels=3, num_layers=layers,
+        sample_size=canvas, patch_size=PATCH, in_channels=3, out_channels=3, num_layers=layers,
         attention_head_dim=width // 4, num_attention_heads=4, joint_attention_dim=width,
-        caption_projection_dim=width, pooled_projection_dim=width, pos_embed_max_size=IMAGE_SIZE // PATCH)
+        caption_projection_dim=width, pooled_projection_dim=width, pos_embed_max_size=canvas // PATCH)
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
     return dict(transformer=transformer.eval(), text_encoder=text_encoder.eval(), tokenizer=tok, scheduler=scheduler)
 
@@ -130,13 +136,25 @@ class ShapesWorldPipeline(DiffusionPipeline):
         s = s.to(x.device, torch.float32).reshape(-1, 1, 1, 1).clamp(min=SIGMA_FLOOR)
         return ((x.float() - x0.float()) / s).to(x0.dtype)
 
+    @property
+    def canvas(self) -> int:
+        """Side (px) of what the transformer denoises: the scene plus its border (48 for border-less models)."""
+        return int(self.transformer.config.sample_size)
+
+    @staticmethod
+    def pad_to_canvas(x0: torch.Tensor, canvas: int) -> torch.Tensor:
+        """A [-1,1] scene [B,3,48,48] inside a black (-1) border: the training target on the canvas."""
+        p = (canvas - x0.shape[-1]) // 2
+        return torch.nn.functional.pad(x0, (p, p, p, p), value=-1.0) if p else x0
+
     def initial_noise(self, batch: int, generator=None, device=None, dtype=torch.float32):
         device = device or self._execution_device
         gens = generator if isinstance(generator, list) else [generator] * batch
         if len(gens) != batch:
             raise ValueError(f"got {len(gens)} generators for {batch} images")
         # one draw per image on CPU, so a seed gives the same image whatever the batch or device
-        return torch.stack([torch.randn((3, IMAGE_SIZE, IMAGE_SIZE), generator=g, dtype=torch.float32)
+        c = self.canvas
+        return torch.stack([torch.randn((3, c, c), generator=g, dtype=torch.float32)
                             for g in gens]).to(device, dtype)
 
     def sigmas(self, num_inference_steps: int) -> torch.Tensor:
@@ -145,6 +163,10 @@ class ShapesWorldPipeline(DiffusionPipeline):
 
     @staticmethod
     def decode(x: torch.Tensor) -> torch.Tensor:
+        """Canvas in [-1,1] -> the centred 48 px scene in [0,1] (the border is cropped off)."""
+        p = (x.shape[-1] - IMAGE_SIZE) // 2
+        if p:
+            x = x[..., p:p + IMAGE_SIZE, p:p + IMAGE_SIZE]
         return (x.float() / 2 + 0.5).clamp(0, 1)
 
     @staticmethod

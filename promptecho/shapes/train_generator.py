@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from . import default_generator_path
-from .generator import ShapesWorldPipeline, build_components
+from .generator import PAD, ShapesWorldPipeline, build_components
 from .render import render
 from .world import sample_split
 
@@ -42,12 +42,13 @@ def main(argv=None):
     ap.add_argument("--scenes", type=int, default=40000)
     ap.add_argument("--ema", type=float, default=0.995)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--pad", type=int, default=PAD, help="black canvas border (px) around the 48 px scene")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     rng = random.Random(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     data = sample_split("train", args.scenes, seed=args.seed + 1)
-    comps = build_components(seed=args.seed)
+    comps = build_components(seed=args.seed, pad=args.pad)
     pipe = ShapesWorldPipeline(**comps)
     tr, te = pipe.transformer, pipe.text_encoder
     params = list(tr.parameters()) + list(te.parameters())
@@ -62,7 +63,7 @@ def main(argv=None):
     t0, ema_loss = time.time(), None
     for step in range(args.steps):
         picks = [data[rng.randrange(len(data))] for _ in range(args.batch_size)]
-        x0 = batch_pixels([s for s, _ in picks])
+        x0 = pipe.pad_to_canvas(batch_pixels([s for s, _ in picks]), pipe.canvas)
         prompts = ["" if rng.random() < 0.1 else c for _, c in picks]
         enc = pipe.tokenizer(prompts, padding="longest", truncation=True, return_tensors="pt")
         h = te(input_ids=enc.input_ids, attention_mask=enc.attention_mask).last_hidden_state

@@ -23,7 +23,7 @@ import torch
 from .. import DEFAULT_QUERY, VQA_TEMPLATE
 from . import default_vlm_path
 from .render import IMAGE_SIZE, render
-from .world import CORRUPTION_KINDS, corrupt, describe, sample_split, scene_description
+from .world import COLORS, CORRUPTION_KINDS, SHAPES, SIZES, corrupt, describe, sample_split, scene_description
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -36,6 +36,11 @@ CHAT_TEMPLATE = (
 )
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<image>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 PATCH = 8
+# The processor pads the 48 px scene with a black border of this width (centre crop larger than the image).
+# Object centres sit on the 16 px cell centres (8, 24, 40 px), which are corners of an 8 px patch grid, so
+# without the border every object is cut into four quarter-patches; with 4 px each small object lies inside
+# one patch, where the linear patch embedding sees its whole outline.
+PAD = 4
 
 
 def build_tokenizer(corpus):
@@ -54,25 +59,28 @@ def build_tokenizer(corpus):
                                    model_max_length=512)
 
 
-def build_model_and_processor(tokenizer, seed: int, patch: int = PATCH):
+def build_model_and_processor(tokenizer, seed: int, patch: int = PATCH, pad: int = PAD):
     from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     torch.manual_seed(seed)
     vocab = ((len(tokenizer) + 63) // 64) * 64
+    side = IMAGE_SIZE + 2 * pad
+    if side % patch:
+        raise ValueError(f"image size {IMAGE_SIZE} + 2 * pad {pad} is not a multiple of patch {patch}")
     cfg = LlavaConfig(
         vision_config=dict(model_type="clip_vision_model", hidden_size=96, intermediate_size=256, num_hidden_layers=3,
-                           num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=patch, projection_dim=96),
+                           num_attention_heads=4, image_size=side, patch_size=patch, projection_dim=96),
         text_config=dict(model_type="llama", vocab_size=vocab, hidden_size=128, intermediate_size=384,
                          num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4, head_dim=32,
                          max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.convert_tokens_to_ids("<|end|>"), pad_token_id=tokenizer.pad_token_id,
                          tie_word_embeddings=True),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        image_seq_length=(IMAGE_SIZE // patch) ** 2, vision_feature_select_strategy="default",
+        image_seq_length=(side // patch) ** 2, vision_feature_select_strategy="default",
         vision_feature_layer=-1, projector_hidden_act="gelu")
     model = LlavaForConditionalGeneration(cfg)
-    ip = CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    ip = CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": side, "width": side})
     proc = LlavaProcessor(image_processor=ip, tokenizer=tokenizer, patch_size=patch,
                           vision_feature_select_strategy="default", num_additional_image_tokens=1,
                           chat_template=CHAT_TEMPLATE)
@@ -129,6 +137,37 @@ def make_rows(rng: random.Random, data, n: int, vqa_share: float):
     return rows
 
 
+ATTRIBUTE_WORDS = {"colour": set(COLORS), "shape": set(SHAPES) | {s + "s" for s in SHAPES}, "size": set(SIZES)}
+
+
+class AttributeProbe:
+    """Mean loss of the colour, shape and size words of held-out dense captions (a training diagnostic: a word
+    the model cannot see stays at ln(#choices), e.g. ln 4 = 1.39 for shapes). Words split over several tokens
+    are left out."""
+
+    def __init__(self, batcher, n: int = 64, seed: int = 0):
+        data = sample_split("eval", n, seed=seed + 999)
+        self.batch = batcher([(render(sc), DEFAULT_QUERY, cap) for sc, cap in data])
+        words = [batcher.tok.decode([int(t)]).strip().lower() for t in self.batch["input_ids"].reshape(-1)]
+        self.kind = {k: torch.tensor([w in v for w in words]).view_as(self.batch["input_ids"])
+                     for k, v in ATTRIBUTE_WORDS.items()}
+
+    @torch.no_grad()
+    def __call__(self, model, device) -> dict:
+        was = model.training
+        model.eval()
+        b = {k: v.to(device) for k, v in self.batch.items()}
+        logits = model(**b).logits[:, :-1].float()
+        labels = b["labels"][:, 1:]
+        ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")
+        out = {"all": float(ce[labels >= 0].mean())}
+        for k, m in self.kind.items():
+            m = m[:, 1:].to(device) & (labels >= 0)
+            out[k] = float(ce[m].mean()) if m.any() else float("nan")
+        model.train(was)
+        return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=default_vlm_path())
@@ -139,6 +178,7 @@ def main(argv=None):
     ap.add_argument("--scenes", type=int, default=40000, help="distinct training scenes")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--patch", type=int, default=PATCH, help="vision patch size in px (16 = one grid cell)")
+    ap.add_argument("--pad", type=int, default=PAD, help="black border (px) the processor adds around the scene")
     ap.add_argument("--device", default="cpu", help="torch device (the committed model is trained on CPU)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -146,8 +186,9 @@ def main(argv=None):
     data = sample_split("train", args.scenes, seed=args.seed)
     corpus = [c for _, c in data[:20000]] + [DEFAULT_QUERY, VQA_TEMPLATE.format(prompt="x"), "Yes", "No"] * 50
     tok = build_tokenizer(corpus)
-    model, proc = build_model_and_processor(tok, args.seed, args.patch)
+    model, proc = build_model_and_processor(tok, args.seed, args.patch, args.pad)
     batcher = Batcher(proc)
+    probe = AttributeProbe(batcher, seed=args.seed)
     model.to(args.device)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"params {n_params / 1e6:.2f} M, vocab {len(tok)}, scenes {len(data)}", flush=True)
@@ -167,7 +208,10 @@ def main(argv=None):
         sched.step()
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         if step % 100 == 0 or step == args.steps - 1:
-            print(f"step {step:5d}  loss {ema:.4f}  {time.time() - t0:6.0f}s", flush=True)
+            line = f"step {step:5d}  loss {ema:.4f}  {time.time() - t0:6.0f}s"
+            if step % 400 == 0 or step == args.steps - 1:
+                line += "  held-out word loss " + " ".join(f"{k} {v:.3f}" for k, v in probe(model, args.device).items())
+            print(line, flush=True)
     model.eval()
     model.to("cpu")
     os.makedirs(args.out, exist_ok=True)
@@ -175,7 +219,7 @@ def main(argv=None):
     proc.save_pretrained(args.out)
     with open(os.path.join(args.out, "training.json"), "w") as f:
         json.dump({"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-                   "scenes": args.scenes, "patch": args.patch, "params": n_params, "device": args.device, "threads": args.threads,
+                   "scenes": args.scenes, "patch": args.patch, "pad": args.pad, "params": n_params, "device": args.device, "threads": args.threads,
                    "torch": torch.__version__, "seconds": round(time.time() - t0)}, f, indent=1)
     print(f"saved to {args.out} in {time.time() - t0:.0f}s", flush=True)
 
