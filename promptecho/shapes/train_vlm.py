@@ -7,6 +7,10 @@ Two tasks, mixed in every batch, each as one chat turn built by the *engine's ow
   1. "Describe this image in detail." -> the dense caption (what PromptEcho scores);
   2. 'Does this figure show "{caption}"? Please answer yes or no.' -> "Yes" / "No", half the captions
      corrupted by one atom (so VQAScore on the same VLM is a fair baseline).
+Before that, a short vision pre-training stage (as real VLMs start from a pre-trained vision encoder): the CLIP
+tower alone, with throw-away linear heads, learns each grid cell's colour, shape and size (or "empty") at the
+patch token holding the cell centre. Measured: captioning alone never taught the tower shapes or sizes (their
+words stayed at ln 4 and ln 2 nats after 2400 steps), while direct supervision teaches them in ~200 steps.
 Reproducible from --seed (data, init and batch order); CPU-only.
 """
 from __future__ import annotations
@@ -23,7 +27,8 @@ import torch
 from .. import DEFAULT_QUERY, VQA_TEMPLATE
 from . import default_vlm_path
 from .render import IMAGE_SIZE, render
-from .world import COLORS, CORRUPTION_KINDS, SHAPES, SIZES, corrupt, describe, sample_split, scene_description
+from .world import (COLORS, CORRUPTION_KINDS, GRID, SHAPES, SIZES, corrupt, describe, sample_split,
+                    scene_description)
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -137,6 +142,59 @@ def make_rows(rng: random.Random, data, n: int, vqa_share: float):
     return rows
 
 
+CELL_CLASSES = {"colour": list(COLORS), "shape": list(SHAPES), "size": list(SIZES)}  # class 0 = empty cell
+
+
+def cell_token_index(image_size: int, patch: int) -> torch.Tensor:
+    """Position in the CLIP sequence (CLS first) of the patch token that holds each grid cell's centre."""
+    pad, n, cell = (image_size - IMAGE_SIZE) / 2, image_size // patch, IMAGE_SIZE / GRID
+    at = [int((pad + (i + 0.5) * cell) // patch) for i in range(GRID)]
+    return torch.tensor([1 + y * n + x for y in at for x in at])
+
+
+def cell_labels(scene) -> torch.Tensor:
+    """[GRID*GRID, 3]: per cell (row-major) 0 if empty, else 1 + index of its colour, shape, size."""
+    y = torch.zeros(GRID * GRID, len(CELL_CLASSES), dtype=torch.long)
+    for o in scene.objects:
+        y[o.row * GRID + o.col] = torch.tensor([1 + CELL_CLASSES["colour"].index(o.color),
+                                                1 + CELL_CLASSES["shape"].index(o.shape),
+                                                1 + CELL_CLASSES["size"].index(o.size)])
+    return y
+
+
+def pretrain_vision(model, proc, data, rng: random.Random, steps: int, batch_size: int, lr: float, device) -> dict:
+    """Supervise the vision tower's cell tokens with linear colour/shape/size heads (dropped afterwards).
+    Returns the heads' accuracy on occupied cells of held-out scenes."""
+    tower = model.model.vision_tower
+    vc = tower.config
+    idx = cell_token_index(vc.image_size, vc.patch_size).to(device)
+    heads = torch.nn.ModuleList([torch.nn.Linear(vc.hidden_size, 1 + len(v)) for v in CELL_CLASSES.values()]).to(device)
+    opt = torch.optim.AdamW(list(tower.parameters()) + list(heads.parameters()), lr=lr, weight_decay=0.01)
+
+    def forward(scenes):
+        px = proc.image_processor(images=[render(sc) for sc in scenes], return_tensors="pt")["pixel_values"]
+        h = tower(pixel_values=px.to(device)).last_hidden_state[:, idx]  # [B, cells, D]
+        return [head(h) for head in heads], torch.stack([cell_labels(sc) for sc in scenes]).to(device)
+
+    tower.train()
+    for step in range(steps):
+        logits, y = forward([data[rng.randrange(len(data))][0] for _ in range(batch_size)])
+        loss = sum(torch.nn.functional.cross_entropy(lg.flatten(0, 1), y[..., j].flatten())
+                   for j, lg in enumerate(logits))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        for g in opt.param_groups:  # linear warm-up over the first tenth
+            g["lr"] = lr * min(1.0, (step + 2) / max(1, steps // 10))
+        if step % 100 == 0 or step == steps - 1:
+            print(f"vision step {step:4d}  loss {loss.item():.4f}", flush=True)
+    with torch.no_grad():
+        logits, y = forward([sc for sc, _ in sample_split("eval", 256, seed=7)])
+    occupied = y[..., 0] > 0
+    return {k: round(float((lg.argmax(-1) == y[..., j])[occupied].float().mean()), 4)
+            for j, (k, lg) in enumerate(zip(CELL_CLASSES, logits))}
+
+
 ATTRIBUTE_WORDS = {"colour": set(COLORS), "shape": set(SHAPES) | {s + "s" for s in SHAPES}, "size": set(SIZES)}
 
 
@@ -171,7 +229,8 @@ class AttributeProbe:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=default_vlm_path())
-    ap.add_argument("--steps", type=int, default=2400)
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--vision-steps", type=int, default=400, help="vision pre-training steps (0 = none)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
@@ -190,6 +249,11 @@ def main(argv=None):
     batcher = Batcher(proc)
     probe = AttributeProbe(batcher, seed=args.seed)
     model.to(args.device)
+    t0 = time.time()
+    vision_acc = {}
+    if args.vision_steps:
+        vision_acc = pretrain_vision(model, proc, data, rng, args.vision_steps, 64, args.lr, args.device)
+        print(f"vision pre-training: held-out cell accuracy {vision_acc} in {time.time() - t0:.0f}s", flush=True)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"params {n_params / 1e6:.2f} M, vocab {len(tok)}, scenes {len(data)}", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -197,7 +261,7 @@ def main(argv=None):
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))))
     model.train()
-    t0, ema = time.time(), None
+    ema = None
     for step in range(args.steps):
         batch = batcher(make_rows(rng, data, args.batch_size, vqa_share=0.25)).to(args.device)
         loss = model(**batch).loss
@@ -219,7 +283,8 @@ def main(argv=None):
     proc.save_pretrained(args.out)
     with open(os.path.join(args.out, "training.json"), "w") as f:
         json.dump({"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-                   "scenes": args.scenes, "patch": args.patch, "pad": args.pad, "params": n_params, "device": args.device, "threads": args.threads,
+                   "scenes": args.scenes, "patch": args.patch, "pad": args.pad,
+                   "vision_steps": args.vision_steps, "vision_cell_accuracy": vision_acc, "params": n_params, "device": args.device, "threads": args.threads,
                    "torch": torch.__version__, "seconds": round(time.time() - t0)}, f, indent=1)
     print(f"saved to {args.out} in {time.time() - t0:.0f}s", flush=True)
 
