@@ -19,6 +19,13 @@ def test_two_runs_with_one_seed_are_identical_and_load_through_the_engine(tmp_pa
     main(args + ["--out", str(tmp_path / "b")])
     wa, wb = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    # the caption stage leaves the pre-trained tower frozen (default --vision-lr 0): a shorter run has the same
+    # tower and a different decoder
+    main(["--steps", "1", *args[2:], "--out", str(tmp_path / "c")])
+    wc = load_file(str(tmp_path / "c" / "model.safetensors"))
+    tower = [k for k in wa if "vision_tower" in k]
+    assert tower and all(torch.equal(wa[k], wc[k]) for k in tower)
+    assert any(not torch.equal(wa[k], wc[k]) for k in wa if k not in tower)
     meta = json.loads((tmp_path / "a" / "training.json").read_text())
     assert meta["seed"] == 5 and meta["pad"] == 4 and meta["vision_steps"] == 3
     assert set(meta["vision_cell_accuracy"]) == {"colour", "shape", "size"}

@@ -231,6 +231,8 @@ def main(argv=None):
     ap.add_argument("--out", default=default_vlm_path())
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--vision-steps", type=int, default=400, help="vision pre-training steps (0 = none)")
+    ap.add_argument("--vision-lr", type=float, default=0.0,
+                    help="learning rate of the vision tower in the caption stage (0 = frozen, as in LLaVA)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
@@ -256,10 +258,21 @@ def main(argv=None):
         print(f"vision pre-training: held-out cell accuracy {vision_acc} in {time.time() - t0:.0f}s", flush=True)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"params {n_params / 1e6:.2f} M, vocab {len(tok)}, scenes {len(data)}", flush=True)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    # The decoder starts from random weights: its first gradients would wash the pre-trained cell features out of
+    # the tower (measured: shape words stayed at chance while the tower trained at the full rate), so the tower
+    # is frozen or slowed in this stage.
+    tower = list(model.model.vision_tower.parameters())
+    ids = {id(p) for p in tower}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    groups = [{"params": rest, "lr": args.lr}]
+    if args.vision_lr > 0:
+        groups.append({"params": tower, "lr": args.vision_lr})
+    else:
+        model.model.vision_tower.requires_grad_(False)
+    opt = torch.optim.AdamW(groups, weight_decay=0.01, betas=(0.9, 0.98))
     warm = 100
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))))
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, args.steps)))))
     model.train()
     ema = None
     for step in range(args.steps):
@@ -284,7 +297,7 @@ def main(argv=None):
     with open(os.path.join(args.out, "training.json"), "w") as f:
         json.dump({"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                    "scenes": args.scenes, "patch": args.patch, "pad": args.pad,
-                   "vision_steps": args.vision_steps, "vision_cell_accuracy": vision_acc, "params": n_params, "device": args.device, "threads": args.threads,
+                   "vision_steps": args.vision_steps, "vision_lr": args.vision_lr, "vision_cell_accuracy": vision_acc, "params": n_params, "device": args.device, "threads": args.threads,
                    "torch": torch.__version__, "seconds": round(time.time() - t0)}, f, indent=1)
     print(f"saved to {args.out} in {time.time() - t0:.0f}s", flush=True)
 
