@@ -19,3 +19,15 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 # Test-only: make torchvision importable (Qwen/SmolVLM processors) before transformers first looks for it.
 import fixtures.tvshim  # noqa: E402,F401
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test, restored afterwards; modules of GRPO sessions take it for all their tests
+    with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -29,12 +29,7 @@ def comfy_sd3_expected(n_blocks):
     return m
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _trained(tmp_path, name, pipe, steps=2):

@@ -20,12 +20,7 @@ from promptecho.grpo.trainer import GRPOSession, SelfCheckError
 PROMPTS = ["a red circle", "a blue square", "a green triangle"]
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg(tmp_path, **kw):
