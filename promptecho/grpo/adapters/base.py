@@ -19,6 +19,7 @@ Cond = Dict[str, torch.Tensor]
 
 class FlowAdapter:
     name = "base"
+    label = "base"  # how the adapter's error messages name the model
     # module names PEFT targets by default, and the prefix of exported LoRA keys (diffusers format)
     default_targets: Sequence[str] = ("to_q", "to_k", "to_v", "to_out.0")
     lora_prefix = "transformer"
@@ -56,6 +57,18 @@ class FlowAdapter:
         raise NotImplementedError
 
     # ---- shared helpers ----
+    @classmethod
+    def check_pipeline(cls, pipe, pipeline_class: type):
+        """Refuse a pipeline of another type; the message names the class wanted and the one given."""
+        if not isinstance(pipe, pipeline_class):
+            raise AdapterError(f"{cls.label} adapter needs a {pipeline_class.__name__}, got {type(pipe).__name__}")
+
+    def set_resolution(self, size: int, multiple: int = 1):
+        """Square images of `size` px; `size` must be a multiple of `multiple` (the pixels of one latent token)."""
+        if size % multiple:
+            raise AdapterError(f"{self.label} resolution must be a multiple of {multiple}, got {size}")
+        self.height = self.width = size
+
     @staticmethod
     def generators(seeds: Sequence[int]) -> List[torch.Generator]:
         return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]

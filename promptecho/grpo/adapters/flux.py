@@ -16,22 +16,19 @@ from typing import List, Sequence
 import numpy as np
 import torch
 
-from .base import AdapterError, Cond, FlowAdapter
+from .base import Cond, FlowAdapter
 
 
 class FluxAdapter(FlowAdapter):
     name = "flux"
+    label = "FLUX"
     default_targets = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 
     def __init__(self, pipe, device="cpu", dtype=torch.float32, resolution: int = 0, guidance: float = 3.5):
         from diffusers import FluxPipeline
-        if not isinstance(pipe, FluxPipeline):
-            raise AdapterError(f"FLUX adapter needs a FluxPipeline, got {type(pipe).__name__}")
+        self.check_pipeline(pipe, FluxPipeline)
         super().__init__(pipe, device, dtype)
-        self.height = self.width = resolution or pipe.default_sample_size * pipe.vae_scale_factor
-        step = pipe.vae_scale_factor * 2
-        if self.height % step:
-            raise AdapterError(f"FLUX resolution must be a multiple of {step}, got {self.height}")
+        self.set_resolution(resolution or pipe.default_sample_size * pipe.vae_scale_factor, pipe.vae_scale_factor * 2)
         self.guidance = float(guidance)
         self.guidance_embeds = bool(pipe.transformer.config.guidance_embeds)
 

@@ -20,17 +20,14 @@ from .base import AdapterError, Cond, FlowAdapter
 
 class QwenImageAdapter(FlowAdapter):
     name = "qwenimage"
+    label = "Qwen-Image"
     default_targets = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 
     def __init__(self, pipe, device="cpu", dtype=torch.float32, resolution: int = 0):
         from diffusers import QwenImagePipeline
-        if not isinstance(pipe, QwenImagePipeline):
-            raise AdapterError(f"Qwen-Image adapter needs a QwenImagePipeline, got {type(pipe).__name__}")
+        self.check_pipeline(pipe, QwenImagePipeline)
         super().__init__(pipe, device, dtype)
-        self.height = self.width = resolution or pipe.default_sample_size * pipe.vae_scale_factor
-        step = pipe.vae_scale_factor * 2
-        if self.height % step:
-            raise AdapterError(f"Qwen-Image resolution must be a multiple of {step}, got {self.height}")
+        self.set_resolution(resolution or pipe.default_sample_size * pipe.vae_scale_factor, pipe.vae_scale_factor * 2)
         if pipe.transformer.config.guidance_embeds:
             raise AdapterError("guidance-distilled Qwen-Image transformers (guidance_embeds=True) are not supported")
 

@@ -5,19 +5,19 @@ from typing import List, Sequence
 
 import torch
 
-from .base import AdapterError, Cond, FlowAdapter
+from .base import Cond, FlowAdapter
 
 
 class SD3Adapter(FlowAdapter):
     name = "sd3"
+    label = "SD3"
     default_targets = ("to_q", "to_k", "to_v", "to_out.0")
 
     def __init__(self, pipe, device="cpu", dtype=torch.float32, resolution: int = 0):
         from diffusers import StableDiffusion3Pipeline
-        if not isinstance(pipe, StableDiffusion3Pipeline):
-            raise AdapterError(f"SD3 adapter needs a StableDiffusion3Pipeline, got {type(pipe).__name__}")
+        self.check_pipeline(pipe, StableDiffusion3Pipeline)
         super().__init__(pipe, device, dtype)
-        self.height = self.width = resolution or pipe.default_sample_size * pipe.vae_scale_factor
+        self.set_resolution(resolution or pipe.default_sample_size * pipe.vae_scale_factor)
 
     def encode(self, prompts: List[str], cfg: float) -> Cond:
         with torch.no_grad():

@@ -15,22 +15,19 @@ from typing import List, Sequence
 
 import torch
 
-from .base import AdapterError, Cond, FlowAdapter
+from .base import Cond, FlowAdapter
 
 
 class ZImageAdapter(FlowAdapter):
     name = "zimage"
+    label = "Z-Image"
     default_targets = ("to_q", "to_k", "to_v", "to_out.0")
 
     def __init__(self, pipe, device="cpu", dtype=torch.float32, resolution: int = 0):
         from diffusers import ZImagePipeline
-        if not isinstance(pipe, ZImagePipeline):
-            raise AdapterError(f"Z-Image adapter needs a ZImagePipeline, got {type(pipe).__name__}")
+        self.check_pipeline(pipe, ZImagePipeline)
         super().__init__(pipe, device, dtype)
-        self.height = self.width = resolution or 1024  # the pipeline's own default size
-        step = pipe.vae_scale_factor * 2
-        if self.height % step:
-            raise AdapterError(f"Z-Image resolution must be a multiple of {step}, got {self.height}")
+        self.set_resolution(resolution or 1024, pipe.vae_scale_factor * 2)  # 1024: the pipeline's own default size
 
     # ---------------------------------------------------------------------------------------- text
     @staticmethod
