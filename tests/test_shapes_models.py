@@ -27,11 +27,15 @@ def test_committed_weights_are_small_safetensors(folder):
     assert all(os.path.getsize(f) < 10 * 2 ** 20 for f in weights)
 
 
+# Lower bounds on 60 held-out scenes (these 60: 100 % for the first four, position 86 % of 51, relation 65 % of 23),
+# below what `python -m promptecho.shapes.eval` measures on 1000 (README: 99.4-100 %, 85.5 %, 73.1 %).
+MIN_WIN_RATE = {"colour": 0.95, "shape": 0.95, "size": 0.95, "count": 0.95, "position": 0.75, "relation": 0.55}
+
+
 @needs_vlm
-@pytest.mark.parametrize("kind", ["colour", "count"])
+@pytest.mark.parametrize("kind", sorted(MIN_WIN_RATE))
 def test_vlm_ranks_true_captions_above_corruptions(kind):
-    """Colour and count corruptions: the committed VLM sees these (eval: 96 % and 100 %). Shape and size it does
-    not see yet (near chance, README), so they are not asserted here."""
+    """Every corruption kind: the committed VLM gives the true caption the higher reward."""
     from promptecho.shapes.render import render
     from promptecho.shapes.world import corrupt, describe, sample_split, scene_description
     from promptecho.vlm import load_vlm
@@ -49,7 +53,7 @@ def test_vlm_ranks_true_captions_above_corruptions(kind):
         caps += [cap, describe(bad, scene.seed)]
     res = vlm.score(imgs, caps, batch_size=16)
     wins = [res[i].reward > res[i + 1].reward for i in range(0, len(res), 2)]
-    assert len(wins) >= 30 and np.mean(wins) >= 0.85
+    assert len(wins) >= 20 and np.mean(wins) >= MIN_WIN_RATE[kind], (len(wins), np.mean(wins))
 
 
 @needs_gen
