@@ -66,11 +66,12 @@ UI_COMPAT_TESTS := tests/test_ui_api.py tests/test_ui_core.py tests/test_ui_trai
 GRADIO3 ?= 3.41.2
 GRADIO4 ?= 4.40.0
 
-.venv-gradio%/.installed: requirements.txt
+# requirements-compat-gradio{3,4}.txt: the fastapi / starlette / pydantic pins those Gradio versions need (why: in them).
+.venv-gradio%/.installed: requirements.txt requirements-compat-gradio%.txt
 	test -f $(VENV)/constraints.txt || $(MAKE) venv
 	test -x .venv-gradio$*/bin/python || $(PYTHON) -m venv .venv-gradio$*
 	.venv-gradio$*/bin/python -m pip install -q -c $(VENV)/constraints.txt -r requirements.txt pytest accelerate \
-	  "gradio==$(GRADIO$*)"
+	  "gradio==$(GRADIO$*)" -r requirements-compat-gradio$*.txt
 	cp tests/ui_gradio4_hfshim.py "$$(.venv-gradio$*/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/"
 	echo "import ui_gradio4_hfshim" > "$$(.venv-gradio$*/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/ui_gradio4_hfshim.pth"
 	touch $@
