@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from ui import core
-from ui_fixtures import ui_app, ui_models_dir  # noqa: F401
+from ui_fixtures import make_client, ui_app, ui_models_dir  # noqa: F401
 
 gradio_client = pytest.importorskip("gradio_client")
 
@@ -17,8 +17,7 @@ def _file(p):
 
 @pytest.fixture(scope="module")
 def client(ui_app):
-    return gradio_client.Client(ui_app[0], verbose=False) if "verbose" in \
-        gradio_client.Client.__init__.__code__.co_varnames else gradio_client.Client(ui_app[0])
+    return make_client(ui_app[0])
 
 
 @pytest.fixture(scope="module")

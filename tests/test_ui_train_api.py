@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from ui_fixtures import TINY_TRAIN_TOML, ui_app, ui_generator_dir, ui_models_dir  # noqa: F401
+from ui_fixtures import TINY_TRAIN_TOML, make_client, ui_app, ui_generator_dir, ui_models_dir  # noqa: F401
 
 gradio_client = pytest.importorskip("gradio_client")
 pytestmark = pytest.mark.slow
@@ -33,8 +33,7 @@ def _path(v):
 
 @pytest.fixture(scope="module")
 def client(ui_app):
-    return gradio_client.Client(ui_app[0], verbose=False) if "verbose" in \
-        gradio_client.Client.__init__.__code__.co_varnames else gradio_client.Client(ui_app[0])
+    return make_client(ui_app[0])
 
 
 def _wait(job, timeout=420):
@@ -57,6 +56,10 @@ def _plot_rows(v):
             v = json.load(f)
     if isinstance(v, str):
         v = json.loads(v)
+    if isinstance(v, dict) and v.get("__type__") == "update":  # gradio_client 0.5 writes an update to the file
+        v = v.get("value")
+    if v is None:
+        return []
     if isinstance(v, dict) and "columns" in v and "data" in v:
         return [tuple(dict(zip(v["columns"], r))[k] for k in ("step", "value", "series")) for r in v["data"]]
     if isinstance(v, dict) and "plot" in v:

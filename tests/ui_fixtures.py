@@ -13,6 +13,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def make_client(url: str, download_files: bool = True):
+    """A gradio_client.Client for `url`, quiet where the client allows it. download_files=False (gradio_client 1+)
+    hands back the server's file paths instead of downloading every file of every streamed frame: a client in the
+    test process that downloads a 64-image gallery per frame falls minutes behind a fast training stream on a
+    loaded machine (the server then has long stopped). gradio_client 0.5 (Gradio 3.41's) opens
+    every File input as a path before sending and so cannot send None ("no file"), which the browser sends and
+    the app handles; its upload step is wrapped to skip None (sent as null, as the browser does)."""
+    import gradio_client
+    from gradio_client.client import Endpoint
+
+    if getattr(Endpoint, "_upload", None) is not None and not getattr(Endpoint._upload, "_pe_skips_none", False) \
+            and gradio_client.__version__.startswith("0."):
+        upload = Endpoint._upload
+
+        def _upload(self, file_paths):
+            keep = [i for i, f in enumerate(file_paths) if f is not None]
+            sent = upload(self, [file_paths[i] for i in keep]) if keep else []
+            out = [None] * len(file_paths)
+            for i, u in zip(keep, sent):
+                out[i] = u
+            return out
+
+        _upload._pe_skips_none = True
+        Endpoint._upload = _upload
+    params = gradio_client.Client.__init__.__code__.co_varnames
+    kw = {"verbose": False} if "verbose" in params else {}
+    if not download_files and "download_files" in params:
+        kw["download_files"] = False
+    return gradio_client.Client(url, **kw)
+
+
 @pytest.fixture(scope="session")
 def ui_models_dir(tmp_path_factory):
     from promptecho.testing.tiny_vlms import build_tiny_vlm

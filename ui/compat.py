@@ -16,6 +16,15 @@ def update(**kw):
     return gr.update(**kw)
 
 
+def plot_update(value, x_lim=None):
+    """A LinePlot data update. `x_lim` with each frame makes Gradio 6 re-embed the chart (see train_tab.py); 3.x's
+    LinePlot.update rebuilds the chart from the update's own x / y and raises when x_lim comes without them, so
+    3.x gets the value only (its component keeps x, y, color and title)."""
+    if MAJOR < 4 or x_lim is None:
+        return gr.update(value=value)
+    return gr.update(value=value, x_lim=x_lim)
+
+
 def event_kwargs(api_name=None, js=None, concurrency_limit=None) -> dict:
     """Keyword arguments for .click()/.change(): `_js` in 3.x, `js` from 4; concurrency_limit from 4."""
     kw = {}

@@ -8,7 +8,7 @@ import tempfile
 import time
 
 from . import core
-from .compat import event_kwargs, file_output, gallery, gr, update
+from .compat import event_kwargs, file_output, gallery, gr, plot_update, update
 from .training import TrainingManager, config_text, default_config_text, parse_config, preview_prompt_set
 
 POLL_S = 1.0
@@ -79,7 +79,7 @@ def build(cfg: core.UIConfig, manager: TrainingManager = None) -> TrainingManage
             return update()
         steps = [r[0] for r in rows]
         lo, hi = min(steps), max(steps)
-        return update(value=_df(rows), x_lim=[lo, hi if hi > lo else lo + 1])
+        return plot_update(_df(rows), x_lim=[lo, hi if hi > lo else lo + 1])
 
     def views(sm):
         r, k = mgr.curves(float(sm or 0))
