@@ -72,19 +72,19 @@ def _plot_rows(v):
 
 
 def _gallery_items(g):
-    """[(image path, caption)] of a Gallery output: a folder + captions.json in gradio_client 0.5, else a list."""
+    """[(image path, caption)] of a Gallery output, in gallery order. gradio_client 0.5 hands back a folder: each
+    image in a subfolder of its own, and captions.json mapping the image paths (in order) to their captions; it
+    decodes a no-op gr.update() as one junk file without a caption, which is left out (every item here has one)."""
     if isinstance(g, dict) and g.get("__type__") == "update":
         g = g.get("value")
     if g is None:
         return []
     if isinstance(g, str) and os.path.isdir(g):
-        caps = {}
         cj = os.path.join(g, "captions.json")
-        if os.path.isfile(cj):
-            with open(cj, encoding="utf-8") as f:
-                caps = json.load(f)
-        files = sorted(f for f in os.listdir(g) if not f.endswith(".json"))
-        return [(os.path.join(g, f), caps.get(os.path.join(g, f)) if isinstance(caps, dict) else None) for f in files]
+        if not os.path.isfile(cj):
+            return []
+        with open(cj, encoding="utf-8") as f:
+            return [(p, c) for p, c in json.load(f).items() if c is not None]
     out = []
     for it in g:
         if isinstance(it, dict):
@@ -216,8 +216,10 @@ def test_train_bad_input(client, ui_app, ui_generator_dir, ui_models_dir, tmp_pa
     assert client.predict(None, "a red circle", api_name="/train_prompts").startswith("**1 prompts**")
 
 
-def test_train_stream_stop_resume_export(client, ui_app, ui_generator_dir, ui_models_dir, tmp_path):
+def test_train_stream_stop_resume_export(client, ui_app, ui_generator_dir, ui_models_dir, tmp_path, monkeypatch):
     from safetensors.torch import load_file
+
+    monkeypatch.setattr("ui.train_tab.POLL_S", 0.1)  # many polls per training step: most have nothing new
 
     jl = tmp_path / "shapes.jsonl"  # uploaded in DenseAlignBench's {"caption": ...} format
     jl.write_text("".join(json.dumps({"caption": p}) + "\n" for p in SHAPES_PROMPTS), encoding="utf-8")
@@ -254,17 +256,35 @@ def test_train_stream_stop_resume_export(client, ui_app, ui_generator_dir, ui_mo
     items = _gallery_items(outs[-1][3])
     assert len(items) == 3 * 2 * 3  # 3 eval rounds x 3 prompts x (image, heatmap)
     assert all(os.path.isfile(p) for p, _ in items)
-    if not isinstance(outs[-1][3], str):  # gradio_client 0.5 hands a folder back (no order)
-        caps = [c for _, c in items]
-        assert caps[0].startswith("step 2 · prompt 1: ") and caps[1].startswith("step 2 · prompt 1 · reward ")
-        assert caps[-1].startswith("step 0 · prompt 3 · reward ")
+    caps = [c for _, c in items]
+    assert caps[0].startswith("step 2 · prompt 1: ") and caps[1].startswith("step 2 · prompt 1 · reward ")
+    assert caps[-1].startswith("step 0 · prompt 3 · reward ")
+
+    # a poll re-sends the curves and the gallery only when they changed (the last frame is always complete)
+    shown = [frozenset(os.path.basename(p) for p, _ in _gallery_items(o[3])) for o in outs[:-1]]
+    shown = [g for g in shown if g]
+    assert shown and all(a != b for a, b in zip(shown, shown[1:])), "a poll re-sent an unchanged gallery"
+    drawn = [tuple(_plot_rows(o[1])) for o in outs[:-1]]
+    drawn = [d for d in drawn if d]
+    assert drawn and all(a != b for a, b in zip(drawn, drawn[1:])), "a poll re-sent unchanged curves"
+    assert len(shown) + 1 < len(outs) - 1, f"{len(outs)} frames for {len(shown)} gallery changes"
+    monkeypatch.undo()  # back to 1 s polls: a client that downloads each changed gallery would fall behind at 0.1 s
 
     # past sessions list
     _, table = client.predict(api_name="/train_sessions")
     assert re.search(rf"\| {name} \| 2 \| {train[-1]['reward_mean']:.4f} \|", table), table
 
     # resume towards a step count it cannot reach; the app answers while the worker trains; Stop saves a checkpoint
-    job = client.submit(name, 100000, 0.6, api_name="/train_resume")
+    job = make_client(ui_app[0], download_files=False).submit(name, 100000, 0.6, api_name="/train_resume")
+    t = time.time()
+    while not job.outputs():
+        assert time.time() - t < 120 and not job.done(), "no output from resume"
+        time.sleep(0.1)
+    # the resumed session's first frame shows its earlier evaluation samples (files on disk, by step)
+    again = _gallery_items(job.outputs()[0][3])
+    assert sorted(os.path.basename(p) for p, _ in again) == sorted(os.path.basename(p) for p, _ in items)
+    assert all(os.path.isfile(p) for p, _ in again)
+    assert [c for _, c in again] == caps  # order and captions as before the resume
     t = time.time()
     while not any(re.search(r"step ([3-9]|\d\d+)/100000", str(o[0])) for o in job.outputs()):
         assert time.time() - t < 300 and not job.done(), job.outputs()[-1:] if job.outputs() else "no output"

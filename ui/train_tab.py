@@ -83,17 +83,32 @@ def build(cfg: core.UIConfig, manager: TrainingManager = None) -> TrainingManage
 
     def views(sm):
         r, k = mgr.curves(float(sm or 0))
-        return plot(r), plot(k), list(mgr.gallery) if mgr.gallery else update()
+        return plot(r), plot(k)
 
     def current():
         return os.path.basename(mgr.session_dir) if mgr.session_dir else None
 
     def stream(sm):
-        """Yield (status, reward, kl, gallery, sessions dropdown, sessions table) until the worker ends."""
+        """Yield (status, reward, kl, gallery, sessions dropdown, sessions table) until the worker ends. Curves,
+        gallery and sessions are re-sent only when they changed since this stream's previous frame (gr.update()
+        otherwise), so a poll stays small under load and a Stop is not queued behind big frames; the first and the
+        last frame are complete (what an API client reads as the result)."""
+        sent = {}
         while True:
             alive = mgr.running
-            r, k, g = views(sm)
-            yield (mgr.status, r, k, g, update(choices=mgr.sessions(), value=current()), mgr.session_summary())
+            full = not alive or not sent
+            gen, n_metrics, shown = mgr.view_keys()
+            keys = {"curves": (gen, n_metrics, float(sm or 0)), "gallery": (gen, shown),
+                    "sessions": (gen, n_metrics, tuple(mgr.sessions()))}
+            new = {k: full or sent.get(k) != v for k, v in keys.items()}
+            sent = keys
+            r, k = views(sm) if new["curves"] else (update(), update())
+            g = (list(mgr.gallery) or update()) if new["gallery"] else update()
+            if new["sessions"]:
+                sess, table = update(choices=mgr.sessions(), value=current()), mgr.session_summary()
+            else:
+                sess, table = update(), update()
+            yield mgr.status, r, k, g, sess, table
             if not alive:
                 return
             time.sleep(POLL_S)
@@ -164,7 +179,7 @@ def build(cfg: core.UIConfig, manager: TrainingManager = None) -> TrainingManage
     resume.click(do_resume, [session, steps, smoothing], outs, **event_kwargs(api_name="train_resume"))
     watch.click(stream, [smoothing], outs, **event_kwargs(api_name="train_watch"))
     stop.click(lambda: mgr.stop(), None, [export_status], **event_kwargs(api_name="train_stop"))
-    smoothing.change(lambda sm: views(sm)[:2], [smoothing], [reward_plot, kl_plot],
+    smoothing.change(views, [smoothing], [reward_plot, kl_plot],
                      **event_kwargs(api_name="train_curves"))
     preset.change(lambda p: default_config_text(p), [preset], [config], **event_kwargs(api_name="train_preset"))
     save_cfg.click(do_save, [config, cfg_format], [saved_cfg, config_status],

@@ -16,6 +16,7 @@ from . import core
 
 N_EVAL_PROMPTS = 4
 MAX_GALLERY = 64  # images + heatmaps kept in the gallery (newest steps first)
+EVAL_CAPTIONS = "captions.json"  # beside each step's eval images: {file name: gallery caption}
 
 
 class TrainingError(core.UIInputError):
@@ -213,7 +214,9 @@ class TrainingManager:
 
     def _launch(self, cfg, sdir: str, resume: Optional[str]):
         self._stop = threading.Event()
-        self.metrics, self.gallery = _read_metrics(sdir) if resume else [], []
+        # a resumed session keeps its curves and its earlier evaluation samples (files on disk, named by step)
+        self.metrics = _read_metrics(sdir) if resume else []
+        self.gallery = _saved_gallery(sdir) if resume else []
         self.session_dir = sdir
         self.status = f"starting {os.path.basename(sdir)}…"
         self.generation += 1
@@ -248,7 +251,8 @@ class TrainingManager:
                 with self._lock:
                     self.metrics.append(m)
                     # newest evaluation first, grouped by step; images are files (never re-yielded PIL images)
-                    self.gallery = (items + self.gallery)[:MAX_GALLERY]
+                    paths = {p for p, _ in items}
+                    self.gallery = (items + [it for it in self.gallery if it[0] not in paths])[:MAX_GALLERY]
                 self.status = f"{name}: step {session.step_count}/{cfg.max_steps}" + (
                     f", reward {m['reward_mean']:.4f}" if "reward_mean" in m else "")
             ck = session.latest_checkpoint()
@@ -285,9 +289,17 @@ class TrainingManager:
                 hp = os.path.join(d, f"step{step:06d}_prompt{i:02d}_heatmap.png")
                 render_heatmap(results[i], width=512).save(hp)
                 items.append((hp, f"step {step} · prompt {i + 1} · reward {results[i].reward:.3f}"))
+        # the captions beside the files, so a resumed session shows its earlier samples as they were
+        with open(os.path.join(d, EVAL_CAPTIONS), "w", encoding="utf-8") as f:
+            json.dump({os.path.basename(p): c for p, c in items}, f, ensure_ascii=False, indent=0)
         return items
 
     # ------------------------------------------------------------------ views
+    def view_keys(self) -> tuple:
+        """(generation, metrics count, gallery files): what a poller compares to skip unchanged views."""
+        with self._lock:
+            return self.generation, len(self.metrics), tuple(p for p, _ in self.gallery)
+
     def curves(self, smoothing: float = 0.6):
         """(reward rows, KL rows): [step, value, series] with raw and EMA-smoothed series; None when empty."""
         with self._lock:
@@ -328,6 +340,36 @@ class TrainingManager:
             copy = os.path.join(dst, os.path.basename(out))
             shutil.copyfile(out, copy)
         return out, copy
+
+
+def _saved_gallery(sdir: str) -> List[tuple]:
+    """The session's evaluation samples on disk (ui_eval/step-NNNNNN/*.png), newest step first, each step's files in
+    prompt order (image, then its heatmap), captions from the step's captions file (else made from the name)."""
+    root = os.path.join(sdir, "ui_eval")
+    if not os.path.isdir(root):
+        return []
+    steps = sorted((d for d in os.listdir(root) if re.fullmatch(r"step-\d+", d)), key=lambda d: int(d[5:]),
+                   reverse=True)
+    items: List[tuple] = []
+    for d in steps:
+        folder = os.path.join(root, d)
+        caps = {}
+        try:
+            with open(os.path.join(folder, EVAL_CAPTIONS), encoding="utf-8") as f:
+                caps = json.load(f)
+        except (OSError, ValueError):
+            pass
+        for name in sorted(os.listdir(folder)):
+            m = re.fullmatch(r"step(\d+)_prompt(\d+)(_heatmap)?\.png", name)
+            if not m:
+                continue
+            cap = caps.get(name) if isinstance(caps, dict) else None
+            if not isinstance(cap, str):
+                cap = f"step {int(m.group(1))} · prompt {int(m.group(2)) + 1}" + (" · heatmap" if m.group(3) else "")
+            items.append((os.path.join(folder, name), cap))
+            if len(items) >= MAX_GALLERY:
+                return items
+    return items
 
 
 def _read_metrics(sdir: str) -> List[Dict]:
