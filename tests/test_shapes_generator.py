@@ -60,9 +60,10 @@ def test_parts_reproduce_the_pipeline_exactly(pipe, guidance):
     assert torch.equal(ref, mine)
 
 
-def test_canvas_border_is_noise_in_and_cropped_out(pipe):
-    """The transformer denoises a 56 px canvas (the 48 px scene in a 4 px black border, so small objects sit
+def test_canvas_border_is_noise_in_and_cropped_out():
+    """With pad 4 the transformer denoises a 56 px canvas (the 48 px scene in a black border, so small objects sit
     inside one 8 px patch); noise has the canvas shape, decode crops back to the scene, pad_to_canvas inverts it."""
+    pipe = ShapesWorldPipeline(**build_components(seed=3, width=32, layers=1, pad=4))
     assert pipe.canvas == IMAGE_SIZE + 2 * 4 and pipe.canvas % pipe.transformer.config.patch_size == 0
     x = pipe.initial_noise(2, _gen(1, 2))
     assert x.shape == (2, 3, pipe.canvas, pipe.canvas)
@@ -72,7 +73,7 @@ def test_canvas_border_is_noise_in_and_cropped_out(pipe):
     assert torch.equal(canvas[..., :4, :], torch.full_like(canvas[..., :4, :], -1.0))  # black border
     assert torch.equal(canvas[..., :, -4:], torch.full_like(canvas[..., :, -4:], -1.0))
     assert torch.equal(pipe.decode(canvas), (scene / 2 + 0.5).clamp(0, 1))
-    # a border-less model (pad 0, as trained before the canvas) keeps 48 px end to end
+    # a border-less model (pad 0, the default and the committed model) keeps 48 px end to end
     flat = ShapesWorldPipeline(**build_components(seed=3, width=32, layers=1, pad=0))
     assert flat.canvas == IMAGE_SIZE and flat.initial_noise(1, _gen(1)).shape[-1] == IMAGE_SIZE
     assert flat(A, num_inference_steps=1, generator=_gen(0), output_type="pt").images.shape[-1] == IMAGE_SIZE
