@@ -68,7 +68,7 @@ def test_canvas_border_is_noise_in_and_cropped_out():
     x = pipe.initial_noise(2, _gen(1, 2))
     assert x.shape == (2, 3, pipe.canvas, pipe.canvas)
     scene = torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE) * 2 - 1
-    canvas = pipe.pad_to_canvas(scene, pipe.canvas)
+    canvas = pipe.pad_to_canvas(scene)
     assert canvas.shape == x.shape
     assert torch.equal(canvas[..., :4, :], torch.full_like(canvas[..., :4, :], -1.0))  # black border
     assert torch.equal(canvas[..., :, -4:], torch.full_like(canvas[..., :, -4:], -1.0))

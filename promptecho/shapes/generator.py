@@ -142,10 +142,9 @@ class ShapesWorldPipeline(DiffusionPipeline):
         """Side (px) of what the transformer denoises: the scene plus its border (48 for border-less models)."""
         return int(self.transformer.config.sample_size)
 
-    @staticmethod
-    def pad_to_canvas(x0: torch.Tensor, canvas: int) -> torch.Tensor:
+    def pad_to_canvas(self, x0: torch.Tensor) -> torch.Tensor:
         """A [-1,1] scene [B,3,48,48] inside a black (-1) border: the training target on the canvas."""
-        p = (canvas - x0.shape[-1]) // 2
+        p = (self.canvas - x0.shape[-1]) // 2
         return torch.nn.functional.pad(x0, (p, p, p, p), value=-1.0) if p else x0
 
     def initial_noise(self, batch: int, generator=None, device=None, dtype=torch.float32):

@@ -63,7 +63,7 @@ def main(argv=None):
     t0, ema_loss = time.time(), None
     for step in range(args.steps):
         picks = [data[rng.randrange(len(data))] for _ in range(args.batch_size)]
-        x0 = pipe.pad_to_canvas(batch_pixels([s for s, _ in picks]), pipe.canvas)
+        x0 = pipe.pad_to_canvas(batch_pixels([s for s, _ in picks]))
         prompts = ["" if rng.random() < 0.1 else c for _, c in picks]
         enc = pipe.tokenizer(prompts, padding="longest", truncation=True, return_tensors="pt")
         h = te(input_ids=enc.input_ids, attention_mask=enc.attention_mask).last_hidden_state

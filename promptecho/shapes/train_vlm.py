@@ -25,6 +25,7 @@ import time
 import torch
 
 from .. import DEFAULT_QUERY, VQA_TEMPLATE
+from ..scoring import token_losses
 from . import default_vlm_path
 from .render import IMAGE_SIZE, render
 from .world import (COLORS, CORRUPTION_KINDS, GRID, SHAPES, SIZES, corrupt, describe, sample_split,
@@ -215,9 +216,9 @@ class AttributeProbe:
         was = model.training
         model.eval()
         b = {k: v.to(device) for k, v in self.batch.items()}
-        logits = model(**b).logits[:, :-1].float()
+        logits = model(**b).logits[:, :-1]
         labels = b["labels"][:, 1:]
-        ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")
+        ce = token_losses(logits, labels.clamp(min=0))  # the engine's own fp32 per-token loss
         out = {"all": float(ce[labels >= 0].mean())}
         for k, m in self.kind.items():
             m = m[:, 1:].to(device) & (labels >= 0)
