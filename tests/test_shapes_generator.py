@@ -63,7 +63,7 @@ def test_parts_reproduce_the_pipeline_exactly(pipe, guidance):
 def test_canvas_border_is_noise_in_and_cropped_out():
     """With pad 4 the transformer denoises a 56 px canvas (the 48 px scene in a black border, so small objects sit
     inside one 8 px patch); noise has the canvas shape, decode crops back to the scene, pad_to_canvas inverts it."""
-    pipe = ShapesWorldPipeline(**build_components(seed=3, width=32, layers=1, pad=4))
+    pipe = ShapesWorldPipeline(**build_components(seed=3, width=32, layers=1, pad=4, patch=8))
     assert pipe.canvas == IMAGE_SIZE + 2 * 4 and pipe.canvas % pipe.transformer.config.patch_size == 0
     x = pipe.initial_noise(2, _gen(1, 2))
     assert x.shape == (2, 3, pipe.canvas, pipe.canvas)
@@ -74,11 +74,11 @@ def test_canvas_border_is_noise_in_and_cropped_out():
     assert torch.equal(canvas[..., :, -4:], torch.full_like(canvas[..., :, -4:], -1.0))
     assert torch.equal(pipe.decode(canvas), (scene / 2 + 0.5).clamp(0, 1))
     # a border-less model (pad 0, the default and the committed model) keeps 48 px end to end
-    flat = ShapesWorldPipeline(**build_components(seed=3, width=32, layers=1, pad=0))
+    flat = ShapesWorldPipeline(**build_components(seed=3, width=32, layers=1, pad=0, patch=8))
     assert flat.canvas == IMAGE_SIZE and flat.initial_noise(1, _gen(1)).shape[-1] == IMAGE_SIZE
     assert flat(A, num_inference_steps=1, generator=_gen(0), output_type="pt").images.shape[-1] == IMAGE_SIZE
     with pytest.raises(ValueError, match="multiple of the patch"):
-        build_components(seed=3, width=32, layers=1, pad=3)
+        build_components(seed=3, width=32, layers=1, pad=3, patch=8)
 
 
 def test_sigmas_run_from_noise_to_image(pipe):
@@ -212,3 +212,24 @@ def test_training_script_is_reproducible_and_saves_a_loadable_pipeline(tmp_path)
             os.environ["HF_HUB_OFFLINE"] = old
     assert isinstance(back, ShapesWorldPipeline)
     assert back(A, num_inference_steps=1, generator=_gen(0), output_type="np").images.shape == (1, 48, 48, 3)
+
+
+def test_training_options_patch_width_and_snapshots(tmp_path):
+    """--patch/--width/--layers shape the saved transformer; --snapshot-every saves loadable EMA weights mid-run,
+    and the snapshot after step 1 of a 2-step run equals the final weights of a 1-step run (same seed)."""
+    from promptecho.shapes.generator import load_generator
+    from promptecho.shapes.train_generator import main
+
+    args = ["--batch-size", "4", "--scenes", "32", "--seed", "2", "--threads", "1", "--patch", "8", "--width", "32",
+            "--layers", "1", "--loss-sigma-floor", "0.3"]
+    main(args + ["--steps", "2", "--snapshot-every", "1", "--out", str(tmp_path / "two")])
+    main(args + ["--steps", "1", "--out", str(tmp_path / "one")])
+    snap = tmp_path / "two" / "snapshots" / "step-1"
+    assert sorted(os.listdir(tmp_path / "two" / "snapshots")) == ["step-1"]  # none at the last step: that is the output
+    cfg = load_generator(str(snap)).transformer.config
+    assert (cfg.patch_size, cfg.num_layers, cfg.attention_head_dim * cfg.num_attention_heads) == (8, 1, 32)
+    name = "transformer/diffusion_pytorch_model.safetensors"
+    a, b = load_file(str(snap / name)), load_file(str(tmp_path / "one" / name))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    c = load_file(str(tmp_path / "two" / name))
+    assert any(not torch.equal(a[k], c[k]) for k in a)

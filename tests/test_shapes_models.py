@@ -101,7 +101,7 @@ def test_generator_follows_prompts_imperfectly():
     data = sample_split("eval", 48, seed=99)
     imgs = pipe([c for _, c in data], generator=[torch.Generator().manual_seed(i) for i in range(len(data))]).images
     frac = np.mean([check(im, c).fraction for im, (_, c) in zip(imgs, data)])
-    assert 0.1 < frac < 0.97  # learned something (measured 0.20 on 96 eval prompts), leaves room for best-of-N and RL
+    assert 0.1 < frac < 0.97  # learned something (measured 0.22 on 96 eval prompts), leaves room for best-of-N and RL
 
 
 @needs_vlm

@@ -1,10 +1,10 @@
 """ShapesWorld text-to-image generator: a pixel-space flow-matching pipeline built from diffusers parts.
 
 Components (all standard library classes, saved/loaded by diffusers' own machinery):
-  transformer: diffusers `SD3Transformer2DModel` (MMDiT) acting directly on RGB pixels (patch 8), 48x48 by default.
-    Optionally (`pad`, train_generator --pad 4) a 56x56 canvas holds the scene inside a black border so that every
-    small object lies inside one patch instead of on the corner of four; `decode` crops it off. Measured with
-    the same 2500-step recipe: oracle atom share 0.16 with the border vs 0.20 without, so the default is 0.
+  transformer: diffusers `SD3Transformer2DModel` (MMDiT) acting directly on RGB pixels, 48x48, patch 16: one token
+    per 16 px grid cell, so every object lies inside one token. With patch 8 the cell centres (8, 24, 40 px) are
+    patch corners and objects came out broken into quarter-patches; a 4 px canvas border (`pad`) that moves them
+    inside 8 px patches measured worse (atom share 0.16 vs 0.20, 2500 steps), so the default border is 0.
   text_encoder: transformers `T5EncoderModel` (tiny), tokenizer: word-level `PreTrainedTokenizerFast`
   scheduler: diffusers `FlowMatchEulerDiscreteScheduler`
 There is no VAE: at 48 px a pixel-space model is cheaper than training an autoencoder on 2 CPU cores.
@@ -32,11 +32,12 @@ from PIL import Image
 from .render import IMAGE_SIZE
 from .world import COLORS, NUMBERS, REGIONS, SHAPES, SIZES
 
-PATCH = 8  # 6x6 image tokens (7x7 with a 4 px canvas border): fast enough on CPU for best-of-N and RL
+PATCH = 16  # 3x3 image tokens, one per grid cell (patch 8 fragments objects: see the module docstring)
 PAD = 0  # canvas border (px) around the 48 px scene (4 was tried: worse, see the module docstring)
 MAX_TEXT_TOKENS = 128
 DEFAULT_STEPS = 12  # sampling defaults used by eval, best-of-N and GRPO evaluation
 DEFAULT_GUIDANCE = 2.5
+LOSS_SIGMA_FLOOR = 0.3  # training divides the x0 error by max(sigma, this)^2 (train_generator --loss-sigma-floor)
 SIGMA_FLOOR = 1e-3  # velocity = (x - x0) / sigma is evaluated at sigma >= this (the schedule's last nonzero sigma)
 
 
@@ -73,7 +74,7 @@ def build_tokenizer():
                                    model_max_length=MAX_TEXT_TOKENS)
 
 
-def build_components(seed: int = 0, width: int = 128, layers: int = 4, pad: int = PAD):
+def build_components(seed: int = 0, width: int = 128, layers: int = 4, pad: int = PAD, patch: int = PATCH):
     """Fresh random-weight components (what train_generator starts from; tests use them too)."""
     from transformers import T5Config, T5EncoderModel
 
@@ -84,12 +85,12 @@ def build_components(seed: int = 0, width: int = 128, layers: int = 4, pad: int 
                                            pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
                                            dropout_rate=0.0))
     canvas = IMAGE_SIZE + 2 * pad
-    if canvas % PATCH:
-        raise ValueError(f"canvas {IMAGE_SIZE} + 2 * {pad} px is not a multiple of the patch size {PATCH}")
+    if canvas % patch:
+        raise ValueError(f"canvas {IMAGE_SIZE} + 2 * {pad} px is not a multiple of the patch size {patch}")
     transformer = SD3Transformer2DModel(
-        sample_size=canvas, patch_size=PATCH, in_channels=3, out_channels=3, num_layers=layers,
+        sample_size=canvas, patch_size=patch, in_channels=3, out_channels=3, num_layers=layers,
         attention_head_dim=width // 4, num_attention_heads=4, joint_attention_dim=width,
-        caption_projection_dim=width, pooled_projection_dim=width, pos_embed_max_size=canvas // PATCH)
+        caption_projection_dim=width, pooled_projection_dim=width, pos_embed_max_size=canvas // patch)
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
     return dict(transformer=transformer.eval(), text_encoder=text_encoder.eval(), tokenizer=tok, scheduler=scheduler)
 
@@ -120,7 +121,7 @@ class ShapesWorldPipeline(DiffusionPipeline):
     def predict_x0(self, x, sigma, embeds, pooled):
         """The transformer's output: the clean image x0 predicted at noise level sigma (tensor [B] or float).
 
-        x-prediction, not v-prediction: a patch of 8x8x3 = 192 pixel values is wider than the 128-wide tokens, so
+        x-prediction, not v-prediction: a patch of 16x16x3 = 768 pixel values is wider than the 128-wide tokens, so
         the model cannot pass the input noise through, which v = noise - x0 would need (measured: v-prediction
         left the noise in every sample). The clean image lies on a low-dimensional set and fits.
         """

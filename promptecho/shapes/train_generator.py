@@ -2,7 +2,9 @@
 
     python -m promptecho.shapes.train_generator [--out DIR] [--steps N] [--seed S]
 
-Objective: x-prediction with the velocity loss (see ShapesWorldPipeline.predict_x0).
+Objective: x-prediction with the velocity loss (see ShapesWorldPipeline.predict_x0), whose 1/sigma^2 weight is
+capped at 1/0.3^2 (--loss-sigma-floor) so that high-noise steps, where layout and prompt following are decided,
+are not drowned out by low-noise detail.
 Data: rendered training-split scenes with their dense captions (10 % of captions dropped to "" so
 classifier-free guidance works). Timesteps: logit-normal, as in SD3. Saves the EMA weights.
 Reproducible from --seed; CPU-only. The model is deliberately small: it should follow prompts
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 
 from . import default_generator_path
-from .generator import PAD, ShapesWorldPipeline, build_components
+from .generator import LOSS_SIGMA_FLOOR, PAD, PATCH, ShapesWorldPipeline, build_components
 from .render import render
 from .world import sample_split
 
@@ -32,10 +34,15 @@ def batch_pixels(scenes) -> torch.Tensor:
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
 
 
+def save(pipe: ShapesWorldPipeline, folder: str) -> None:
+    os.makedirs(folder, exist_ok=True)
+    pipe.save_pretrained(folder, safe_serialization=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=default_generator_path())
-    ap.add_argument("--steps", type=int, default=2500)
+    ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
@@ -43,12 +50,19 @@ def main(argv=None):
     ap.add_argument("--ema", type=float, default=0.995)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--pad", type=int, default=PAD, help="black canvas border (px) around the 48 px scene")
+    ap.add_argument("--patch", type=int, default=PATCH, help="transformer patch size in px")
+    ap.add_argument("--width", type=int, default=128, help="transformer and text-encoder width")
+    ap.add_argument("--layers", type=int, default=4, help="transformer blocks")
+    ap.add_argument("--loss-sigma-floor", type=float, default=LOSS_SIGMA_FLOOR,
+                    help="the velocity loss divides by max(sigma, this); 0.05 weighted fine detail up to 400x over "
+                         "layout and prompt following, and measured worse (atom share 0.17 vs 0.22)")
+    ap.add_argument("--snapshot-every", type=int, default=0, help="also save the EMA weights every N steps")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     rng = random.Random(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     data = sample_split("train", args.scenes, seed=args.seed + 1)
-    comps = build_components(seed=args.seed, pad=args.pad)
+    comps = build_components(seed=args.seed, width=args.width, layers=args.layers, pad=args.pad, patch=args.patch)
     pipe = ShapesWorldPipeline(**comps)
     tr, te = pipe.transformer, pipe.text_encoder
     params = list(tr.parameters()) + list(te.parameters())
@@ -73,9 +87,9 @@ def main(argv=None):
         noise = torch.randn(x0.shape, generator=gen)
         s = sigma.view(-1, 1, 1, 1)
         xt = (1 - s) * x0 + s * noise
-        # x-prediction with the velocity loss (see ShapesWorldPipeline.predict_x0); 1/sigma capped at 20
+        # x-prediction with the velocity loss (see ShapesWorldPipeline.predict_x0); 1/sigma capped
         x0_hat = pipe.predict_x0(xt, sigma, embeds, pooled)
-        loss = (((x0_hat - x0) / s.clamp(min=0.05)) ** 2).mean()
+        loss = (((x0_hat - x0) / s.clamp(min=args.loss_sigma_floor)) ** 2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -88,10 +102,12 @@ def main(argv=None):
         ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
         if step % 100 == 0 or step == args.steps - 1:
             print(f"step {step:5d}  loss {ema_loss:.4f}  {time.time() - t0:6.0f}s", flush=True)
+        if args.snapshot_every and (step + 1) % args.snapshot_every == 0 and step + 1 < args.steps:
+            save(ShapesWorldPipeline(transformer=ema_tr, text_encoder=ema_te, tokenizer=pipe.tokenizer,
+                                     scheduler=pipe.scheduler), os.path.join(args.out, "snapshots", f"step-{step + 1}"))
     out = ShapesWorldPipeline(transformer=ema_tr.eval(), text_encoder=ema_te.eval(), tokenizer=pipe.tokenizer,
                               scheduler=pipe.scheduler)
-    os.makedirs(args.out, exist_ok=True)
-    out.save_pretrained(args.out, safe_serialization=True)
+    save(out, args.out)
     with open(os.path.join(args.out, "training.json"), "w") as f:
         json.dump({**vars(args), "out": None, "seconds": round(time.time() - t0)}, f, indent=1)
     print(f"saved to {args.out} in {time.time() - t0:.0f}s", flush=True)
