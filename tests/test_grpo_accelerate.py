@@ -119,7 +119,9 @@ def test_two_process_accelerate_run_equals_one_process(tmp_path):
     moved = max(float(v.abs().max()) for k, v in first.items() if "lora_B" in k)
     assert moved > 0.5 * LR, "the LoRA did not move: the comparison would be vacuous"
     assert diffs[0] <= 1e-3 * LR, f"after step 1 the 2-process LoRA differs from the 1-process one by {diffs[0]:.3g}"
-    assert diffs[1] <= LR, f"after step 2 the 2-process LoRA differs from the 1-process one by {diffs[1]:.3g}"
+    # step 2 starts from weights equal to ~1e-6: an Adam step moves each weight by up to ~lr, so a coordinate whose
+    # gradient is near zero can step the other way in one run; 2 * lr bounds that, a real mismatch is far larger
+    assert diffs[1] <= 2 * LR, f"after step 2 the 2-process LoRA differs from the 1-process one by {diffs[1]:.3g}"
     # same seeds and noise; the images agree to ~1e-6 before uint8 rounding (batches of 2 vs 4), so the gathered
     # reward means agree to ~1e-5 (bit-equal in some runs)
     for a_, b_ in zip(hist, multi_hist):

@@ -93,3 +93,40 @@ def test_awm_loss_weights_flow_matching_error():
     assert float(loss) == pytest.approx((2.0 - 1.0) / 2)
     loss, kl = awm.awm_loss(v, target, torch.tensor([0.0, 0.0]), v_ref=target, kl_beta=0.5)
     assert kl.tolist() == [1.0, 1.0] and float(loss) == pytest.approx(0.5)
+
+
+def test_awm_loss_applies_per_sample_weights():
+    target = torch.zeros(3, 2, 2, 2)
+    v = torch.stack([torch.full((2, 2, 2), e) for e in (1.0, 2.0, 3.0)])  # FM errors 1, 4, 9
+    adv, w = torch.tensor([1.0, -0.5, 2.0]), torch.tensor([0.5, 1.0, 0.25])
+    loss, _ = awm.awm_loss(v, target, adv, weight=w)
+    assert float(loss) == pytest.approx((1 * 0.5 * 1 - 0.5 * 1.0 * 4 + 2 * 0.25 * 9) / 3)
+    loss, kl = awm.awm_loss(v, target, torch.zeros(3), v_ref=target, kl_beta=2.0, weight=w)
+    assert kl.tolist() == [1.0, 4.0, 9.0] and float(loss) == pytest.approx(2.0 * (0.5 + 4.0 + 2.25) / 3)
+
+
+def test_shapesworld_awm_weight_gives_the_generators_training_loss():
+    """For the x-predicting ShapesWorld generator, fm_weight * ||v - (noise - x0)||^2 equals train_generator's loss
+    ||x0_hat - x0||^2 / max(sigma, floor)^2 per sample; other adapters keep plain flow matching (weight 1)."""
+    from promptecho.grpo.adapters.base import FlowAdapter
+    from promptecho.grpo.adapters.shapes import ShapesWorldAdapter
+    from promptecho.shapes.generator import LOSS_SIGMA_FLOOR
+    from fixtures.grpo import tiny_shapes_pipeline
+
+    pipe = tiny_shapes_pipeline()
+    ad = ShapesWorldAdapter(pipe)
+    cond = ad.encode(["a small red circle", "two large blue squares"] * 2, 1.0)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(4, 3, 48, 48, generator=g) * 2 - 1
+    noise = torch.randn(4, 3, 48, 48, generator=g)
+    sigma = torch.tensor([0.05, 0.2, 0.3, 0.9])
+    xt, target = awm.noisy_sample(x0, noise, sigma)
+    with torch.no_grad():
+        v = ad.velocity(xt, sigma, cond, 1.0)
+        x0_hat = pipe.predict_x0(xt, sigma, cond["embeds"], cond["pooled"])
+    w = ad.fm_weight(sigma)
+    mine = w * ((v - target) ** 2).flatten(1).mean(1)
+    ref = (((x0_hat - x0) / sigma.clamp(min=LOSS_SIGMA_FLOOR).view(-1, 1, 1, 1)) ** 2).flatten(1).mean(1)
+    torch.testing.assert_close(mine, ref, rtol=1e-4, atol=1e-6)
+    assert w[2:].tolist() == [1.0, 1.0] and w[0] < w[1] < 1.0
+    assert FlowAdapter.fm_weight(ad, sigma).tolist() == [1.0] * 4

@@ -50,3 +50,21 @@ def test_table_has_one_row_per_run():
              base_atoms=0.7, trained_atoms=0.8, delta_accuracy_pp=15.0, pair_net=0.35, pair_wins=0.5, pair_losses=0.15)
     t = format_table([r, dict(r, reward="vqascore")])
     assert t.count("\n| awm |") == 2 and "+15.0" in t and "+35.0 pp" in t and "10.0 min" in t
+
+
+def test_set_overrides_any_config_field_and_refuses_unknown_ones(tmp_path):
+    import argparse
+
+    import pytest
+
+    from promptecho.grpo.shapes_proof import build_config
+
+    def args(*sets):
+        return argparse.Namespace(algorithm="awm", reward="promptecho", seed=0, out=str(tmp_path), threads=1,
+                                  checkpoint_every=0, pipeline="", reward_model="", max_steps=None, lr=None,
+                                  train_cfg=None, awm_negative_weight=0.5, set=list(sets))
+
+    cfg = build_config(args("train_steps=12", "kl_beta=0.25", "adv_mode=mean"))
+    assert (cfg.train_steps, cfg.kl_beta, cfg.adv_mode, cfg.awm_negative_weight) == (12, 0.25, "mean", 0.5)
+    with pytest.raises(SystemExit, match="no_such_field"):
+        build_config(args("no_such_field=1"))

@@ -158,3 +158,30 @@ def test_resume_restores_lora_and_optimizer_in_process(tmp_path):
         assert torch.equal(pa, pb)
     sa, sb = a.opt.state_dict()["state"], b.opt.state_dict()["state"]
     assert all(torch.equal(sa[k]["exp_avg"], sb[k]["exp_avg"]) for k in sa)
+
+
+def test_awm_negative_weight_scales_only_negative_advantages(tmp_path):
+    """With awm_negative_weight 0 a batch whose advantages are all negative leaves the LoRA untouched, and mixed
+    advantages give the loss of the positive terms alone (compared with weight 1 on the same samples and noise)."""
+    def session(weight, sub):
+        s = GRPOSession(_cfg(tmp_path, algorithm="awm", awm_negative_weight=weight, output_dir=str(tmp_path / sub)),
+                        make_adapter("shapesworld", tiny_shapes_pipeline()), brightness_reward,
+                        train_prompts=PROMPTS).start()
+        cond = s.adapter.encode(["a red circle"] * 2, 1.0)
+        traj = s.sample(cond, [1, 2], 3, 1.0, 0.0, set(), None, record=False, rows=(0, 2, 2))
+        return s, cond, traj
+
+    s, cond, traj = session(0.0, "zero")
+    before = {n: p.detach().clone() for n, p in s.adapter.transformer.named_parameters() if p.requires_grad}
+    m = s._update_awm(traj, cond, torch.tensor([-1.0, -0.5]), (0, 2, 2))
+    assert m["loss"] == 0.0
+    after = dict(s.adapter.transformer.named_parameters())
+    assert all(torch.equal(before[n], after[n]) for n in before)
+    pos_only = s._update_awm(traj, cond, torch.tensor([0.0, 1.0]), (0, 2, 2))["loss"]
+    s1, cond1, traj1 = session(1.0, "one")
+    mixed = s1._update_awm(traj1, cond1, torch.tensor([-3.0, 1.0]), (0, 2, 2))["loss"]
+    s0, cond0, traj0 = session(0.0, "zero2")
+    clipped = s0._update_awm(traj0, cond0, torch.tensor([-3.0, 1.0]), (0, 2, 2))["loss"]
+    assert clipped == pytest.approx(pos_only, rel=1e-5) and mixed < clipped
+    with pytest.raises(ValueError, match="awm_negative_weight"):
+        _cfg(tmp_path, awm_negative_weight=1.5).validate()

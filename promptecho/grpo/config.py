@@ -46,6 +46,7 @@ class GRPOConfig:
     adv_scope: str = "prompt"               # prompt | global
     adv_clip: float = 5.0
     awm_timesteps: int = 4                  # noise levels sampled per image for AWM
+    awm_negative_weight: float = 1.0        # AWM: scale of negative advantages (0 = only pull toward better samples)
     inner_epochs: int = 1
     # LoRA / optimiser
     lora_rank: int = 8
@@ -80,6 +81,7 @@ class GRPOConfig:
         need(self.adv_scope in ("prompt", "global"), "adv_scope must be 'prompt' or 'global'")
         need(self.lora_rank >= 1 and self.lora_alpha > 0, "lora_rank must be >= 1 and lora_alpha > 0")
         need(self.lr > 0, "lr must be > 0")
+        need(0 <= self.awm_negative_weight <= 1, "awm_negative_weight must be in [0, 1]")
         need(self.dtype in ("fp32", "bf16", "fp16"), "dtype must be fp32, bf16 or fp16")
         need(len(self.sde_window) in (0, 2), "sde_window must be [] or [start, end)")
         if self.sde_window:

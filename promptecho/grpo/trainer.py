@@ -305,6 +305,9 @@ class GRPOSession:
         g = _gen(cfg.seed, self.step_count, "awm")
         x0 = traj.x0.detach()
         lo, hi, n = rows or (0, x0.shape[0], x0.shape[0])  # noise drawn for the global batch, sliced
+        # pushing the velocity away from worse-than-average samples has no bound; scaling those terms down keeps
+        # the update near the pull toward better samples (awm_negative_weight = 0: reward-weighted regression)
+        adv = torch.where(adv < 0, adv * cfg.awm_negative_weight, adv)
         stats = {"loss": 0.0, "kl": 0.0}
         k = cfg.awm_timesteps
         for _ in range(cfg.inner_epochs):
@@ -322,7 +325,7 @@ class GRPOSession:
                             v_ref = ad.velocity(xt, sigma, cond, 1.0)
                     finally:
                         ad.transformer.enable_adapters()
-                loss, kl = awm_loss(v, target, adv, v_ref, cfg.kl_beta)
+                loss, kl = awm_loss(v, target, adv, v_ref, cfg.kl_beta, weight=ad.fm_weight(sigma))
                 (loss / k).backward()
                 stats["loss"] += float(loss.detach()) / k
                 stats["kl"] += float(kl.detach().mean()) / k

@@ -56,6 +56,11 @@ class FlowAdapter:
         """The pipeline's own __call__ output [B,3,H,W] 0..1 for these prompts/seeds (self-check reference)."""
         raise NotImplementedError
 
+    def fm_weight(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Per-sample weight of the velocity loss at noise level sigma, as in the model's pre-training (AWM uses it).
+        1 for velocity-trained models (SD3, FLUX, Z-Image, Qwen-Image: plain flow matching)."""
+        return torch.ones_like(sigma, dtype=torch.float32)
+
     # ---- shared helpers ----
     @classmethod
     def check_pipeline(cls, pipe, pipeline_class: type):
