@@ -62,9 +62,9 @@ def test_set_overrides_any_config_field_and_refuses_unknown_ones(tmp_path):
     def args(*sets):
         return argparse.Namespace(algorithm="awm", reward="promptecho", seed=0, out=str(tmp_path), threads=1,
                                   checkpoint_every=0, pipeline="", reward_model="", max_steps=None, lr=None,
-                                  train_cfg=None, awm_negative_weight=0.5, set=list(sets))
+                                  train_cfg=None, set=list(sets))
 
-    cfg = build_config(args("train_steps=12", "kl_beta=0.25", "adv_mode=mean"))
+    cfg = build_config(args("train_steps=12", "kl_beta=0.25", "adv_mode=mean", "awm_negative_weight=0.5"))
     assert (cfg.train_steps, cfg.kl_beta, cfg.adv_mode, cfg.awm_negative_weight) == (12, 0.25, "mean", 0.5)
     with pytest.raises(SystemExit, match="no_such_field"):
         build_config(args("no_such_field=1"))

@@ -79,8 +79,6 @@ def build_config(args):
         over["lr"] = args.lr
     if args.train_cfg is not None:
         over["train_cfg"] = args.train_cfg
-    if args.awm_negative_weight is not None:
-        over["awm_negative_weight"] = args.awm_negative_weight
     for item in args.set:
         key, sep, raw = item.partition("=")
         if not sep or not hasattr(cfg, key):
@@ -163,9 +161,8 @@ def main(argv=None) -> int:
     ap.add_argument("--minutes", type=float, default=0, help="also stop training after this many minutes (0 = no cap)")
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--train-cfg", type=float, default=None, help="CFG while sampling for training [preset]")
-    ap.add_argument("--awm-negative-weight", type=float, default=None, help="AWM: scale of negative advantages [preset]")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="any other session-config field, e.g. --set train_steps=12 kl_beta=0.5 (values parsed as JSON)")
+                    help="any other session-config field, e.g. --set train_steps=12 awm_negative_weight=0 (values parsed as JSON)")
     ap.add_argument("--train-prompts", type=int, default=2000)
     ap.add_argument("--eval-prompts", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)

@@ -69,6 +69,9 @@ def main(argv=None):
     print(f"transformer {sum(p.numel() for p in tr.parameters()) / 1e6:.2f} M, text encoder "
           f"{sum(p.numel() for p in te.parameters()) / 1e6:.2f} M, scenes {len(data)}", flush=True)
     ema_tr, ema_te = copy.deepcopy(tr).requires_grad_(False), copy.deepcopy(te).requires_grad_(False)
+    # the saved pipeline holds the EMA modules themselves (copied before tr/te switch to train mode), so it is current
+    ema_pipe = ShapesWorldPipeline(transformer=ema_tr, text_encoder=ema_te, tokenizer=pipe.tokenizer,
+                                   scheduler=pipe.scheduler)
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
     warm = 100
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -103,11 +106,8 @@ def main(argv=None):
         if step % 100 == 0 or step == args.steps - 1:
             print(f"step {step:5d}  loss {ema_loss:.4f}  {time.time() - t0:6.0f}s", flush=True)
         if args.snapshot_every and (step + 1) % args.snapshot_every == 0 and step + 1 < args.steps:
-            save(ShapesWorldPipeline(transformer=ema_tr, text_encoder=ema_te, tokenizer=pipe.tokenizer,
-                                     scheduler=pipe.scheduler), os.path.join(args.out, "snapshots", f"step-{step + 1}"))
-    out = ShapesWorldPipeline(transformer=ema_tr.eval(), text_encoder=ema_te.eval(), tokenizer=pipe.tokenizer,
-                              scheduler=pipe.scheduler)
-    save(out, args.out)
+            save(ema_pipe, os.path.join(args.out, "snapshots", f"step-{step + 1}"))
+    save(ema_pipe, args.out)
     with open(os.path.join(args.out, "training.json"), "w") as f:
         json.dump({**vars(args), "out": None, "seconds": round(time.time() - t0)}, f, indent=1)
     print(f"saved to {args.out} in {time.time() - t0:.0f}s", flush=True)
