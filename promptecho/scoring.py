@@ -2,6 +2,7 @@
 per-word aggregation and reduction. Small tensors in, plain numbers out; no model here."""
 from __future__ import annotations
 
+import bisect
 import math
 import re
 from typing import List, Optional, Sequence, Tuple
@@ -68,14 +69,18 @@ _WORD = re.compile(r"\S+")
 def word_scores(prompt: str, spans: Sequence[Span], losses: Sequence[float]) -> List[WordScore]:
     """Whitespace-delimited words with the mean loss of the tokens overlapping each (a token that overlaps
     several words counts for each of them). Words no scored token reaches (truncated tail) are left out."""
-    out = []
-    for m in _WORD.finditer(prompt):
-        ws, we = m.start(), m.end()
-        hit = [l for (s, e), l in zip(spans, losses) if s < we and e > ws]
-        if hit:
-            out.append(WordScore(text=m.group(), start=ws, end=we, loss=float(sum(hit) / len(hit)),
-                                 n_tokens=len(hit)))
-    return out
+    words = list(_WORD.finditer(prompt))
+    ends = [m.end() for m in words]
+    total, count = [0.0] * len(words), [0] * len(words)
+    # per token, the words it overlaps (words are sorted and disjoint): linear in tokens, not words x tokens
+    for (s, e), loss in zip(spans, losses):
+        w = bisect.bisect_right(ends, s)  # first word ending after the token starts
+        while w < len(words) and words[w].start() < e:
+            total[w] += loss
+            count[w] += 1
+            w += 1
+    return [WordScore(text=m.group(), start=m.start(), end=m.end(), loss=float(t / n), n_tokens=n)
+            for m, t, n in zip(words, total, count) if n]
 
 
 def reduce_losses(losses: Sequence[float], reduction: str) -> float:
