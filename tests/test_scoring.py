@@ -63,6 +63,44 @@ def test_word_scores_count_a_token_for_every_word_it_overlaps():
     assert [w.loss for w in words] == [2.0, 4.0]
 
 
+def test_word_scores_match_the_all_pairs_definition_on_random_spans():
+    """The per-token sweep equals the definition (every token overlapping a word counts), spans in any order."""
+    import random
+    import re
+
+    rng = random.Random(0)
+    for _ in range(500):
+        prompt = " ".join("".join(rng.choice("ab\u00e9\u4e2d") for _ in range(rng.randint(1, 5)))
+                          for _ in range(rng.randint(1, 8)))
+        spans = []
+        for _ in range(rng.randint(1, 10)):
+            a = rng.randint(0, len(prompt))
+            spans.append((a, min(len(prompt), a + rng.randint(0, 4))))
+        losses = [rng.random() for _ in spans]
+        expected = []
+        for m in re.finditer(r"\S+", prompt):
+            hit = [l for (a, b), l in zip(spans, losses) if a < m.end() and b > m.start()]
+            if hit:
+                expected.append((m.group(), m.start(), m.end(), sum(hit) / len(hit), len(hit)))
+        got = [(w.text, w.start, w.end, w.loss, w.n_tokens) for w in word_scores(prompt, spans, losses)]
+        assert got == expected
+
+
+@pytest.mark.parametrize("family", ["llava", "gemma3"])
+def test_token_strings_are_each_token_decoded_alone(tiny_vlm, family):
+    """score()'s token strings come from a per-id cache: cold and warm it equals decoding each id on its own."""
+    vlm = tiny_vlm(family)
+    vlm.__dict__.pop("_token_text", None)
+    ids = vlm.tokenizer(UNICODE_PROMPT + " " + UNICODE_PROMPT, add_special_tokens=False).input_ids  # repeats
+    alone = [vlm.tokenizer.decode([t], skip_special_tokens=False, clean_up_tokenization_spaces=False) for t in ids]
+    assert vlm._token_strings(ids) == alone  # cold cache
+    assert vlm._token_strings(ids[::-1]) == alone[::-1]  # warm cache
+    vlm.__dict__.pop("_token_text", None)
+    cold = vlm.score([random_image(2)], UNICODE_PROMPT)[0].tokens
+    warm = vlm.score([random_image(2)], UNICODE_PROMPT)[0].tokens
+    assert cold == warm and len(cold) > 5
+
+
 def test_reduce_and_rerank_order():
     assert reduce_losses([1.0, 2.0, 6.0], "mean") == 3.0
     assert reduce_losses([1.0, 2.0, 6.0], "sum") == 9.0
