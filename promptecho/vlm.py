@@ -233,6 +233,7 @@ class VLM:
         self.max_length = self._model_max_length()
         self._cache_key = None
         self._lock = threading.RLock()
+        self._token_text: Dict[int, str] = {}  # token id -> that token decoded alone (see _token_strings)
         params = inspect.signature(model.forward).parameters
         self._has_logits_to_keep = "logits_to_keep" in params
         # transformers versions with `slice_logits_to_keep` accept a per-row [B, K] position tensor
@@ -591,7 +592,7 @@ class VLM:
     def _token_strings(self, ids) -> List[str]:
         """Each token decoded on its own, cached per id (decoding one id is a pure function of the tokenizer, and
         one batch_decode call per token was ~5 % of score() on a small model)."""
-        cache = self.__dict__.setdefault("_token_text", {})
+        cache = self._token_text
         ids = [int(t) for t in ids]
         missing = sorted({t for t in ids if t not in cache})
         if missing:

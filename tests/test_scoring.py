@@ -90,12 +90,12 @@ def test_word_scores_match_the_all_pairs_definition_on_random_spans():
 def test_token_strings_are_each_token_decoded_alone(tiny_vlm, family):
     """score()'s token strings come from a per-id cache: cold and warm it equals decoding each id on its own."""
     vlm = tiny_vlm(family)
-    vlm.__dict__.pop("_token_text", None)
+    vlm._token_text.clear()
     ids = vlm.tokenizer(UNICODE_PROMPT + " " + UNICODE_PROMPT, add_special_tokens=False).input_ids  # repeats
     alone = [vlm.tokenizer.decode([t], skip_special_tokens=False, clean_up_tokenization_spaces=False) for t in ids]
     assert vlm._token_strings(ids) == alone  # cold cache
     assert vlm._token_strings(ids[::-1]) == alone[::-1]  # warm cache
-    vlm.__dict__.pop("_token_text", None)
+    vlm._token_text.clear()
     cold = vlm.score([random_image(2)], UNICODE_PROMPT)[0].tokens
     warm = vlm.score([random_image(2)], UNICODE_PROMPT)[0].tokens
     assert cold == warm and len(cold) > 5
