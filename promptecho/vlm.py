@@ -590,8 +590,8 @@ class VLM:
                            query=r.query, model=self.name, system_prompt=r.system_prompt)
 
     def _token_strings(self, ids) -> List[str]:
-        """Each token decoded on its own, cached per id (decoding one id is a pure function of the tokenizer, and
-        one batch_decode call per token was ~5 % of score() on a small model)."""
+        """Each token decoded on its own, cached per id (decoding one id is a pure function of the tokenizer;
+        decoding every answer token on every call was ~5 % of score() on a small model)."""
         cache = self._token_text
         ids = [int(t) for t in ids]
         missing = sorted({t for t in ids if t not in cache})
