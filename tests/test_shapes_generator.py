@@ -233,3 +233,38 @@ def test_training_options_patch_width_and_snapshots(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     c = load_file(str(tmp_path / "two" / name))
     assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_training_from_init_keeps_architecture_and_zero_steps_round_trips(tmp_path):
+    """--init continues from a saved generator: 0 steps saves its weights unchanged, 1 step changes them,
+    and the saved transformer keeps the init's patch and width although the flags say otherwise."""
+    from promptecho.shapes.train_generator import main
+
+    base = ["--batch-size", "4", "--scenes", "32", "--seed", "3", "--threads", "1"]
+    main(base + ["--steps", "1", "--patch", "8", "--width", "32", "--layers", "1", "--out", str(tmp_path / "init")])
+    main(base + ["--steps", "0", "--init", str(tmp_path / "init"), "--out", str(tmp_path / "same")])
+    main(base + ["--steps", "1", "--init", str(tmp_path / "init"), "--high-sigma-frac", "0.5",
+                 "--out", str(tmp_path / "more")])
+    name = "transformer/diffusion_pytorch_model.safetensors"
+    a, b, c = (load_file(str(tmp_path / d / name)) for d in ("init", "same", "more"))
+    assert a.keys() == b.keys() == c.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+    from promptecho.shapes.generator import load_generator
+    cfg = load_generator(str(tmp_path / "more")).transformer.config
+    assert (cfg.patch_size, cfg.attention_head_dim * cfg.num_attention_heads) == (8, 32)
+    with pytest.raises(SystemExit):
+        main(base + ["--init", str(tmp_path), "--out", str(tmp_path / "bad")])  # not a generator folder
+
+
+def test_high_sigma_share_is_uniform_on_the_top_band():
+    """draw_sigmas: exactly round(frac * B) levels in [0.9, 1] drawn first; frac 0 is plain logit-normal."""
+    from promptecho.shapes.train_generator import draw_sigmas
+
+    plain = draw_sigmas(1000, torch.Generator().manual_seed(0))
+    ref = torch.sigmoid(torch.randn(1000, generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(plain, ref)
+    assert (plain >= 0.9).float().mean() < 0.05  # logit-normal rarely reaches the layout band
+    mixed = draw_sigmas(64, torch.Generator().manual_seed(1), 0.25)
+    assert ((mixed[:16] >= 0.9) & (mixed[:16] <= 1.0)).all()
+    assert torch.equal(mixed[16:], torch.sigmoid(torch.randn(64, generator=torch.Generator().manual_seed(1)))[16:])
