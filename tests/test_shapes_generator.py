@@ -192,7 +192,7 @@ def test_training_script_is_reproducible_and_saves_a_loadable_pipeline(tmp_path)
 
     from promptecho.shapes.train_generator import main
 
-    args = ["--steps", "2", "--batch-size", "4", "--scenes", "32", "--seed", "11", "--threads", "1"]
+    args = ["--steps", "2", "--layout-steps", "3", "--batch-size", "4", "--scenes", "32", "--seed", "11", "--threads", "1"]
     main(args + ["--out", str(tmp_path / "a")])
     main(args + ["--out", str(tmp_path / "b")])
     wa = load_file(str(tmp_path / "a" / "transformer" / "diffusion_pytorch_model.safetensors"))
@@ -221,7 +221,7 @@ def test_training_options_patch_width_and_snapshots(tmp_path):
     from promptecho.shapes.train_generator import main
 
     args = ["--batch-size", "4", "--scenes", "32", "--seed", "2", "--threads", "1", "--patch", "8", "--width", "32",
-            "--layers", "1", "--loss-sigma-floor", "0.3"]
+            "--layers", "1", "--loss-sigma-floor", "0.3", "--layout-steps", "2"]
     main(args + ["--steps", "2", "--snapshot-every", "1", "--out", str(tmp_path / "two")])
     main(args + ["--steps", "1", "--out", str(tmp_path / "one")])
     snap = tmp_path / "two" / "snapshots" / "step-1"
@@ -240,7 +240,7 @@ def test_training_from_init_keeps_architecture_and_zero_steps_round_trips(tmp_pa
     and the saved transformer keeps the init's patch and width although the flags say otherwise."""
     from promptecho.shapes.train_generator import main
 
-    base = ["--batch-size", "4", "--scenes", "32", "--seed", "3", "--threads", "1"]
+    base = ["--batch-size", "4", "--scenes", "32", "--seed", "3", "--threads", "1", "--layout-steps", "2"]
     main(base + ["--steps", "1", "--patch", "8", "--width", "32", "--layers", "1", "--out", str(tmp_path / "init")])
     main(base + ["--steps", "0", "--init", str(tmp_path / "init"), "--out", str(tmp_path / "same")])
     main(base + ["--steps", "1", "--init", str(tmp_path / "init"), "--high-sigma-frac", "0.5",
@@ -268,3 +268,120 @@ def test_high_sigma_share_is_uniform_on_the_top_band():
     mixed = draw_sigmas(64, torch.Generator().manual_seed(1), 0.25)
     assert ((mixed[:16] >= 0.9) & (mixed[:16] <= 1.0)).all()
     assert torch.equal(mixed[16:], torch.sigmoid(torch.randn(64, generator=torch.Generator().manual_seed(1)))[16:])
+
+
+# ------------------------------------------------------------------------------------------- layout encoder
+def test_layout_targets_and_loss_match_a_manual_cross_entropy():
+    """layout_targets marks each object's cell with its classes (empty cells: only 'occupied' = 0), and layout_loss
+    is the sum over heads of the mean cross-entropy over the cells where that head applies."""
+    from promptecho.shapes.generator import LAYOUT_HEADS, LAYOUT_LOGITS, layout_loss, layout_targets
+    from promptecho.shapes.world import COLORS, SHAPES, SIZES, Obj, Scene
+
+    scene = Scene([Obj("blue", "square", "large", 0, 2), Obj("red", "circle", "small", 2, 1)])
+    t = layout_targets(scene)
+    assert t.shape == (9, 4)
+    assert t[2].tolist() == [1, list(COLORS).index("blue"), SHAPES.index("square"), SIZES.index("large")]
+    assert t[7].tolist() == [1, list(COLORS).index("red"), SHAPES.index("circle"), SIZES.index("small")]
+    assert all(t[k].tolist() == [0, -100, -100, -100] for k in (0, 1, 3, 4, 5, 6, 8))
+    logits = torch.randn(2, 9, LAYOUT_LOGITS, generator=torch.Generator().manual_seed(0))
+    targets = torch.stack([t, layout_targets(Scene([Obj("green", "diamond", "small", 1, 1)]))])
+    manual, start = 0.0, 0
+    for k, (_, n) in enumerate(LAYOUT_HEADS):
+        logp = logits[..., start:start + n] - logits[..., start:start + n].exp().sum(-1, keepdim=True).log()
+        rows = [(b, c) for b in range(2) for c in range(9) if targets[b, c, k] >= 0]
+        manual += -sum(logp[b, c, targets[b, c, k]] for b, c in rows) / len(rows)
+        start += n
+    assert torch.allclose(layout_loss(logits, targets), manual, atol=1e-5)
+
+
+def test_layout_map_paints_cell_probabilities_and_ignores_padding():
+    """Each 16 px cell of the layout map holds 2p - 1 of that cell's (P(occupied), colour, shape, size)
+    probabilities; the border of a padded canvas is 0; zero padding rows appended to the prompt states (as CFG's
+    batching does) change nothing."""
+    from promptecho.shapes.generator import LAYOUT_CHANNELS
+
+    pipe = ShapesWorldPipeline(**build_components(seed=3, width=32, layers=1, pad=4, patch=8))
+    lay = pipe.layout_encoder
+    embeds, _ = pipe.encode_prompt([B])
+    with torch.no_grad():
+        probs = lay.probabilities(lay(embeds))[0]  # [9, 15]
+        m = lay.layout_map(embeds, pipe.canvas)[0]
+        longer = torch.nn.functional.pad(embeds, (0, 0, 0, 7))
+        assert torch.allclose(lay(longer), lay(embeds), atol=1e-6)
+    assert probs.shape == (9, LAYOUT_CHANNELS) and m.shape == (LAYOUT_CHANNELS, pipe.canvas, pipe.canvas)
+    for k in range(9):
+        r, c = divmod(k, 3)
+        block = m[:, 4 + 16 * r:4 + 16 * (r + 1), 4 + 16 * c:4 + 16 * (c + 1)]
+        assert torch.allclose(block, (2 * probs[k] - 1).view(-1, 1, 1).expand_as(block))
+    assert torch.equal(m[:, :4], torch.zeros_like(m[:, :4])) and torch.equal(m[:, :, -4:], torch.zeros_like(m[:, :, -4:]))
+    # colour, shape and size channels are distributions: each sums to 1 (i.e. 2 - n after the [-1, 1] scaling)
+    assert torch.allclose(probs[:, 1:9].sum(-1), torch.ones(9), atol=1e-6)
+    assert torch.allclose(probs[:, 13:15].sum(-1), torch.ones(9), atol=1e-6)
+
+
+def test_layout_channels_reach_the_transformer_and_text_only_models_still_work(tmp_path):
+    """With a layout encoder the transformer takes 3 + 15 channels and the prediction depends on the layout map;
+    a text-only model (layout=False, like earlier saved generators) takes 3; a mismatch is refused; both round
+    trip through save_pretrained / DiffusionPipeline.from_pretrained with identical output."""
+    from diffusers import DiffusionPipeline
+
+    from promptecho.shapes.generator import LAYOUT_CHANNELS
+
+    pipe = ShapesWorldPipeline(**build_components(seed=3, width=32, layers=1))
+    assert pipe.transformer.config.in_channels == 3 + LAYOUT_CHANNELS
+    x = pipe.initial_noise(1, _gen(0))
+    embeds, pooled = pipe.encode_prompt([B])
+    with torch.no_grad():
+        ref = pipe.predict_x0(x, 0.7, embeds, pooled)
+        lmap = pipe.layout_encoder.layout_map(embeds, pipe.canvas)
+        direct = pipe.transformer(hidden_states=torch.cat([x, lmap], 1), encoder_hidden_states=embeds,
+                                  pooled_projections=pooled, timestep=torch.tensor([700.0]), return_dict=False)[0]
+        shuffled = pipe.transformer(hidden_states=torch.cat([x, lmap.flip(-1)], 1), encoder_hidden_states=embeds,
+                                    pooled_projections=pooled, timestep=torch.tensor([700.0]), return_dict=False)[0]
+    assert torch.equal(ref, direct) and not torch.allclose(ref, shuffled)
+    plain = build_components(seed=3, width=32, layers=1, layout=False)
+    assert plain["layout_encoder"] is None and plain["transformer"].config.in_channels == 3
+    text_only = ShapesWorldPipeline(**plain)
+    with pytest.raises(ValueError, match="input channels"):
+        ShapesWorldPipeline(**{**plain, "layout_encoder": pipe.layout_encoder})
+    for name, p in (("layout", pipe), ("text_only", text_only)):
+        p.save_pretrained(str(tmp_path / name), safe_serialization=True)
+        back = DiffusionPipeline.from_pretrained(str(tmp_path / name), local_files_only=True)
+        assert (back.layout_encoder is None) == (name == "text_only")
+        a = p(A, num_inference_steps=2, generator=_gen(4), output_type="pt").images
+        b = back(A, num_inference_steps=2, generator=_gen(4), output_type="pt").images
+        assert torch.allclose(a, b, atol=1e-5)  # reloaded weights are equal; kernels may differ by float rounding
+
+
+def test_layout_stage_learns_and_no_layout_flag(tmp_path):
+    """Stage 1 (train_layout) lowers the layout cross-entropy on a fixed batch; --no-layout saves a text-only
+    model; --init of a layout model skips stage 1 (0 steps: weights unchanged)."""
+    import argparse
+    import random
+
+    from promptecho.shapes.generator import layout_loss, layout_targets
+    from promptecho.shapes.train_generator import main, train_layout
+    from promptecho.shapes.world import sample_split
+
+    pipe = ShapesWorldPipeline(**build_components(seed=1, width=32, layers=1))
+    data = sample_split("train", 64, seed=5)
+    targets = torch.stack([layout_targets(s) for s, _ in data])
+
+    def loss_now():
+        with torch.no_grad():
+            embeds, _ = pipe.encode_prompt([c for _, c in data])
+            return layout_loss(pipe.layout_encoder(embeds), targets).item()
+
+    before = loss_now()
+    train_layout(pipe, data, argparse.Namespace(lr=3e-3, batch_size=32, layout_steps=60, seed=0), random.Random(0))
+    assert loss_now() < before - 0.5
+    base = ["--batch-size", "4", "--scenes", "32", "--seed", "3", "--threads", "1", "--width", "32", "--layers", "1"]
+    main(base + ["--steps", "1", "--no-layout", "--out", str(tmp_path / "plain")])
+    from promptecho.shapes.generator import load_generator
+    plain = load_generator(str(tmp_path / "plain"))
+    assert plain.layout_encoder is None and plain.transformer.config.in_channels == 3
+    main(base + ["--steps", "1", "--layout-steps", "2", "--out", str(tmp_path / "lay")])
+    main(base + ["--steps", "0", "--init", str(tmp_path / "lay"), "--out", str(tmp_path / "same")])
+    name = "layout_encoder/diffusion_pytorch_model.safetensors"
+    a, b = load_file(str(tmp_path / "lay" / name)), load_file(str(tmp_path / "same" / name))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

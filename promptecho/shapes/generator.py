@@ -26,11 +26,13 @@ from typing import List, Optional, Union
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from PIL import Image
 
 from .render import IMAGE_SIZE
-from .world import COLORS, NUMBERS, REGIONS, SHAPES, SIZES
+from .world import COLORS, GRID, NUMBERS, REGIONS, SHAPES, SIZES
 
 PATCH = 16  # 3x3 image tokens, one per grid cell (patch 8 fragments objects: see the module docstring)
 PAD = 0  # canvas border (px) around the 48 px scene (4 was tried: worse, see the module docstring)
@@ -39,6 +41,103 @@ DEFAULT_STEPS = 12  # sampling defaults used by eval, best-of-N and GRPO evaluat
 DEFAULT_GUIDANCE = 2.5
 LOSS_SIGMA_FLOOR = 0.3  # training divides the x0 error by max(sigma, this)^2 (train_generator --loss-sigma-floor)
 SIGMA_FLOOR = 1e-3  # velocity = (x - x0) / sigma is evaluated at sigma >= this (the schedule's last nonzero sigma)
+
+
+# layout heads per grid cell: occupied?, colour, shape, size (logit slices of ShapesLayoutEncoder's output)
+LAYOUT_HEADS = (("occupied", 2), ("colour", len(COLORS)), ("shape", len(SHAPES)), ("size", len(SIZES)))
+LAYOUT_LOGITS = sum(n for _, n in LAYOUT_HEADS)
+LAYOUT_CHANNELS = 1 + LAYOUT_LOGITS - 2  # P(occupied) and the colour/shape/size distributions
+
+
+class ShapesLayoutEncoder(ModelMixin, ConfigMixin):
+    """Reads the prompt's token states with one learned query per 3x3 grid cell and predicts that cell's content.
+
+    Why it exists: an MMDiT trained on the flow loss alone had to discover, through joint attention, which words
+    place an object in which cell, and on 2 CPU cores it never did (position atoms 4.5 %; README). Here the routing
+    is learned directly, with a cross-entropy on each cell's content (train_generator, stage 1), and the predicted
+    distributions are painted onto their cells as extra input channels of the transformer (`layout_map`), so the
+    transformer only has to draw what its own cell's channels say; the prompt still reaches it through joint
+    attention (counts, unplaced duplicates). Layers: a causal convolution over the token states (local binding,
+    see __init__), then per layer cross-attention from the cell queries to the prompt, self-attention among the
+    cells (so cells can share out an unplaced "two red circles") and an MLP. Measured in stage 1 without the
+    convolution, a 2- or 4-layer T5 plus this head still picked a cell's colour at chance among the caption's
+    colours after 500 steps; with it, 99 % after 200 steps.
+    """
+
+    @register_to_config
+    def __init__(self, width: int = 128, layers: int = 2, heads: int = 4, grid: int = GRID, window: int = 8):
+        super().__init__()
+        self.queries = torch.nn.Parameter(torch.randn(grid * grid, width) * 0.02)
+        # each token also sees the `window` - 1 tokens before it, so "...red circle is in the top left" puts the
+        # subject into the region words' keys and values: binding a cell to its object becomes one lookup
+        self.local = torch.nn.Conv1d(width, width, window) if window > 1 else None
+        self.text_norm = torch.nn.LayerNorm(width)
+        mha = lambda: torch.nn.MultiheadAttention(width, heads, batch_first=True)  # noqa: E731
+        self.cross = torch.nn.ModuleList(mha() for _ in range(layers))
+        self.self_attn = torch.nn.ModuleList(mha() for _ in range(layers))
+        self.norms = torch.nn.ModuleList(torch.nn.LayerNorm(width) for _ in range(3 * layers))
+        self.mlps = torch.nn.ModuleList(torch.nn.Sequential(torch.nn.Linear(width, 2 * width), torch.nn.GELU(),
+                                                            torch.nn.Linear(2 * width, width)) for _ in range(layers))
+        self.head = torch.nn.Linear(width, LAYOUT_LOGITS)
+
+    def forward(self, embeds: torch.Tensor) -> torch.Tensor:
+        """Prompt states [B,L,D] (padding rows all zero, as encode_prompt returns them) -> cell logits [B,9,16]."""
+        pad = embeds.abs().amax(-1) == 0
+        pad[:, 0] &= ~pad.all(1)  # a fully padded row would make attention NaN; let it read one zero state
+        h = embeds.float()
+        if self.local is not None:  # causal window: left padding only, so padding never reaches a real token
+            w = self.config.window
+            h = h + self.local(torch.nn.functional.pad(h.transpose(1, 2), (w - 1, 0))).transpose(1, 2)
+        kv = self.text_norm(h)
+        x = self.queries.expand(embeds.shape[0], -1, -1)
+        for i, (cross, self_attn, mlp) in enumerate(zip(self.cross, self.self_attn, self.mlps)):
+            n1, n2, n3 = self.norms[3 * i:3 * i + 3]
+            x = x + cross(n1(x), kv, kv, key_padding_mask=pad, need_weights=False)[0]
+            h = n2(x)
+            x = x + self_attn(h, h, h, need_weights=False)[0]
+            x = x + mlp(n3(x))
+        return self.head(x)
+
+    @staticmethod
+    def probabilities(logits: torch.Tensor) -> torch.Tensor:
+        """[B,9,16] logits -> [B,9,15]: P(occupied), then the colour, shape and size distributions."""
+        parts, i = [], 0
+        for _, n in LAYOUT_HEADS:
+            parts.append(logits[..., i:i + n].float().softmax(-1))
+            i += n
+        return torch.cat([parts[0][..., 1:], *parts[1:]], -1)
+
+    def layout_map(self, embeds: torch.Tensor, canvas: int, scene: int = IMAGE_SIZE) -> torch.Tensor:
+        """Cell probabilities painted onto their cells, scaled to [-1, 1]: [B,15,canvas,canvas] (0 on the border)."""
+        return self.layout_map_from_logits(self.forward(embeds), canvas, scene)
+
+    def layout_map_from_logits(self, logits: torch.Tensor, canvas: int, scene: int = IMAGE_SIZE) -> torch.Tensor:
+        g = self.config.grid
+        p = self.probabilities(logits) * 2 - 1  # [B,9,15]
+        cells = p.transpose(1, 2).reshape(p.shape[0], p.shape[2], g, g)
+        m = torch.nn.functional.interpolate(cells, size=(scene, scene), mode="nearest")
+        pad = (canvas - scene) // 2
+        return torch.nn.functional.pad(m, (pad, pad, pad, pad)) if pad else m
+
+
+def layout_targets(scene) -> torch.Tensor:
+    """Per-cell class indices [9, 4] (occupied, colour, shape, size) of a scene; -100 (ignored) for empty cells."""
+    t = torch.full((GRID * GRID, len(LAYOUT_HEADS)), -100, dtype=torch.long)
+    t[:, 0] = 0
+    for o in scene.objects:
+        t[o.row * GRID + o.col] = torch.tensor([1, list(COLORS).index(o.color), SHAPES.index(o.shape),
+                                                SIZES.index(o.size)])
+    return t
+
+
+def layout_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Sum over the four heads of the mean cross-entropy (colour/shape/size only on occupied cells)."""
+    total, i = 0.0, 0
+    for k, (_, n) in enumerate(LAYOUT_HEADS):
+        total = total + torch.nn.functional.cross_entropy(logits[..., i:i + n].reshape(-1, n).float(),
+                                                          targets[..., k].reshape(-1), ignore_index=-100)
+        i += n
+    return total
 
 
 class ShapesWorldPipelineOutput(BaseOutput):
@@ -74,36 +173,47 @@ def build_tokenizer():
                                    model_max_length=MAX_TEXT_TOKENS)
 
 
-def build_components(seed: int = 0, width: int = 128, layers: int = 4, pad: int = PAD, patch: int = PATCH):
-    """Fresh random-weight components (what train_generator starts from; tests use them too)."""
+def build_components(seed: int = 0, width: int = 128, layers: int = 4, pad: int = PAD, patch: int = PATCH,
+                     layout: bool = True, layout_layers: int = 2, text_layers: int = 2):
+    """Fresh random-weight components (what train_generator starts from; tests use them too). `layout` adds the
+    ShapesLayoutEncoder and its input channels to the transformer; without it the model is the earlier text-only
+    MMDiT (still loadable)."""
     from transformers import T5Config, T5EncoderModel
 
     tok = build_tokenizer()
     torch.manual_seed(seed)
     text_encoder = T5EncoderModel(T5Config(vocab_size=len(tok), d_model=width, d_kv=width // 4, d_ff=2 * width,
-                                           num_layers=2, num_heads=4, relative_attention_num_buckets=16,
+                                           num_layers=text_layers, num_heads=4, relative_attention_num_buckets=16,
                                            pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
                                            dropout_rate=0.0))
     canvas = IMAGE_SIZE + 2 * pad
     if canvas % patch:
         raise ValueError(f"canvas {IMAGE_SIZE} + 2 * {pad} px is not a multiple of the patch size {patch}")
     transformer = SD3Transformer2DModel(
-        sample_size=canvas, patch_size=patch, in_channels=3, out_channels=3, num_layers=layers,
+        sample_size=canvas, patch_size=patch, in_channels=3 + (LAYOUT_CHANNELS if layout else 0), out_channels=3,
+        num_layers=layers,
         attention_head_dim=width // 4, num_attention_heads=4, joint_attention_dim=width,
         caption_projection_dim=width, pooled_projection_dim=width, pos_embed_max_size=canvas // patch)
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
-    return dict(transformer=transformer.eval(), text_encoder=text_encoder.eval(), tokenizer=tok, scheduler=scheduler)
+    layout_encoder = ShapesLayoutEncoder(width=width, layers=layout_layers).eval() if layout else None
+    return dict(transformer=transformer.eval(), text_encoder=text_encoder.eval(), tokenizer=tok, scheduler=scheduler,
+                layout_encoder=layout_encoder)
 
 
 class ShapesWorldPipeline(DiffusionPipeline):
     """Text-to-image for ShapesWorld captions; called like any diffusers pipeline."""
 
-    model_cpu_offload_seq = "text_encoder->transformer"
+    model_cpu_offload_seq = "text_encoder->layout_encoder->transformer"
+    _optional_components = ["layout_encoder"]
 
-    def __init__(self, transformer, text_encoder, tokenizer, scheduler):
+    def __init__(self, transformer, text_encoder, tokenizer, scheduler, layout_encoder=None):
         super().__init__()
+        expected = 3 + (LAYOUT_CHANNELS if layout_encoder is not None else 0)
+        if transformer.config.in_channels != expected:
+            raise ValueError(f"transformer takes {transformer.config.in_channels} input channels; with"
+                             f"{'' if layout_encoder is not None else 'out'} a layout encoder it must take {expected}")
         self.register_modules(transformer=transformer, text_encoder=text_encoder, tokenizer=tokenizer,
-                              scheduler=scheduler)
+                              scheduler=scheduler, layout_encoder=layout_encoder)
 
     # ---------------------------------------------------------------------------------------- parts
     @torch.no_grad()
@@ -128,6 +238,8 @@ class ShapesWorldPipeline(DiffusionPipeline):
         if not torch.is_tensor(sigma):
             sigma = torch.full((x.shape[0],), float(sigma), device=x.device)
         sigma = sigma.to(x.device, torch.float32).reshape(-1).expand(x.shape[0])
+        if self.layout_encoder is not None:  # the predicted cell contents as extra input channels
+            x = torch.cat([x, self.layout_encoder.layout_map(embeds, x.shape[-1]).to(x.dtype)], 1)
         return self.transformer(hidden_states=x, encoder_hidden_states=embeds, pooled_projections=pooled,
                                 timestep=sigma * self.scheduler.config.num_train_timesteps, return_dict=False)[0]
 

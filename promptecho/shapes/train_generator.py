@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from . import default_generator_path
-from .generator import LOSS_SIGMA_FLOOR, PAD, PATCH, ShapesWorldPipeline, build_components
+from .generator import (LAYOUT_HEADS, LOSS_SIGMA_FLOOR, PAD, PATCH, ShapesWorldPipeline, build_components,
+                        layout_loss, layout_targets)
 from .render import render
 from .world import sample_split
 
@@ -41,6 +42,54 @@ def draw_sigmas(batch: int, gen: torch.Generator, high_frac: float = 0.0) -> tor
     if n_high:
         sigma[:n_high] = 0.9 + 0.1 * torch.rand(n_high, generator=gen)
     return sigma
+
+
+def train_layout(pipe: ShapesWorldPipeline, data, args, rng: random.Random) -> None:
+    """Stage 1: the text encoder and layout encoder learn each grid cell's content from the caption (cross-entropy),
+    before the transformer is trained, so that the transformer is conditioned on a layout that already follows the
+    text (the way the VLM's vision tower is trained first). Prints the held-out cell accuracy."""
+    te, lay, tok = pipe.text_encoder, pipe.layout_encoder, pipe.tokenizer
+    params = list(te.parameters()) + list(lay.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100))
+    held_out = sample_split("eval", 256, seed=args.seed + 2)
+    held_targets = torch.stack([layout_targets(sc) for sc, _ in held_out])
+
+    def logits_of(captions):
+        enc = tok(captions, padding="longest", truncation=True, return_tensors="pt")
+        h = te(input_ids=enc.input_ids, attention_mask=enc.attention_mask).last_hidden_state
+        return lay(h * enc.attention_mask.unsqueeze(-1).float())
+
+    te.train(), lay.train()
+    t0, ema = time.time(), None
+    for step in range(args.layout_steps):
+        picks = [data[rng.randrange(len(data))] for _ in range(args.batch_size)]
+        loss = layout_loss(logits_of([c for _, c in picks]), torch.stack([layout_targets(sc) for sc, _ in picks]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        if step % 250 == 0 or step == args.layout_steps - 1:
+            with torch.no_grad():
+                te.eval(), lay.eval()
+                empty_ok, object_ok = layout_accuracy(logits_of([c for _, c in held_out]), held_targets)
+                te.train(), lay.train()
+            print(f"layout {step:5d}  loss {ema:.4f}  held-out: empty cells right {empty_ok:.3f}, objects right "
+                  f"{object_ok:.3f}  {time.time() - t0:6.0f}s", flush=True)
+    te.eval(), lay.eval()
+
+
+def layout_accuracy(logits: torch.Tensor, targets: torch.Tensor):
+    """(share of empty cells predicted empty, share of objects' cells predicted exactly: colour + shape + size)."""
+    pred, i = [], 0
+    for _, n in LAYOUT_HEADS:
+        pred.append(logits[..., i:i + n].argmax(-1))
+        i += n
+    pred = torch.stack(pred, -1)
+    empty = targets[..., 0] == 0
+    return (pred[..., 0] == 0)[empty].float().mean().item(), (pred == targets).all(-1)[~empty].float().mean().item()
 
 
 def save(pipe: ShapesWorldPipeline, folder: str) -> None:
@@ -68,6 +117,13 @@ def main(argv=None):
     ap.add_argument("--high-sigma-frac", type=float, default=0.0,
                     help="share of each batch drawn at sigma ~ U[0.9, 1], where the layout must come from the text "
                          "(logit-normal puts about 1.4 %% of samples there)")
+    ap.add_argument("--no-layout", dest="layout", action="store_false",
+                    help="train the earlier text-only MMDiT (no ShapesLayoutEncoder, no layout input channels)")
+    ap.add_argument("--layout-steps", type=int, default=600,
+                    help="stage 1: steps that train the text encoder and layout encoder alone on each cell's content")
+    ap.add_argument("--layout-weight", type=float, default=1.0,
+                    help="stage 2: weight of the layout cross-entropy added to the flow loss")
+    ap.add_argument("--text-layers", type=int, default=2, help="text-encoder layers")
     ap.add_argument("--init", default=None, help="continue from a saved generator folder (its architecture is kept)")
     ap.add_argument("--snapshot-every", type=int, default=0, help="also save the EMA weights every N steps")
     args = ap.parse_args(argv)
@@ -84,21 +140,30 @@ def main(argv=None):
         pipe = load_generator(args.init)
     else:
         pipe = ShapesWorldPipeline(**build_components(seed=args.seed, width=args.width, layers=args.layers,
-                                                      pad=args.pad, patch=args.patch))
-    tr, te = pipe.transformer, pipe.text_encoder
-    params = list(tr.parameters()) + list(te.parameters())
-    print(f"transformer {sum(p.numel() for p in tr.parameters()) / 1e6:.2f} M, text encoder "
-          f"{sum(p.numel() for p in te.parameters()) / 1e6:.2f} M, scenes {len(data)}", flush=True)
+                                                      pad=args.pad, patch=args.patch, layout=args.layout,
+                                                      text_layers=args.text_layers))
+    tr, te, lay = pipe.transformer, pipe.text_encoder, pipe.layout_encoder
+    size = lambda m: f"{sum(p.numel() for p in m.parameters()) / 1e6:.2f} M"  # noqa: E731
+    print(f"transformer {size(tr)}, text encoder {size(te)}, layout encoder {size(lay) if lay else 'none'}, "
+          f"scenes {len(data)}", flush=True)
+    t0 = time.time()
+    if lay is not None and args.layout_steps > 0 and not args.init:  # a saved generator has had its stage 1
+        train_layout(pipe, data, args, rng)
+    params = list(tr.parameters()) + list(te.parameters()) + (list(lay.parameters()) if lay else [])
     ema_tr, ema_te = copy.deepcopy(tr).requires_grad_(False), copy.deepcopy(te).requires_grad_(False)
+    ema_lay = copy.deepcopy(lay).requires_grad_(False) if lay else None
     # the saved pipeline holds the EMA modules themselves (copied before tr/te switch to train mode), so it is current
     ema_pipe = ShapesWorldPipeline(transformer=ema_tr, text_encoder=ema_te, tokenizer=pipe.tokenizer,
-                                   scheduler=pipe.scheduler)
+                                   scheduler=pipe.scheduler, layout_encoder=ema_lay)
+    ema_params = list(ema_tr.parameters()) + list(ema_te.parameters()) + (list(ema_lay.parameters()) if lay else [])
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
     warm = 100
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, args.steps))))))
     tr.train(), te.train()
-    t0, ema_loss = time.time(), None
+    if lay is not None:
+        lay.train()
+    ema_loss = None
     for step in range(args.steps):
         picks = [data[rng.randrange(len(data))] for _ in range(args.batch_size)]
         x0 = pipe.pad_to_canvas(batch_pixels([s for s, _ in picks]))
@@ -112,8 +177,20 @@ def main(argv=None):
         s = sigma.view(-1, 1, 1, 1)
         xt = (1 - s) * x0 + s * noise
         # x-prediction with the velocity loss (see ShapesWorldPipeline.predict_x0); 1/sigma capped
-        x0_hat = pipe.predict_x0(xt, sigma, embeds, pooled)
+        if lay is None:
+            x0_hat = pipe.predict_x0(xt, sigma, embeds, pooled)
+        else:  # the layout channels are detached: the layout encoder learns from its cross-entropy alone
+            logits = lay(embeds)
+            lmap = lay.layout_map_from_logits(logits.detach(), pipe.canvas)
+            x0_hat = tr(hidden_states=torch.cat([xt, lmap], 1), encoder_hidden_states=embeds,
+                        pooled_projections=pooled, timestep=sigma * pipe.scheduler.config.num_train_timesteps,
+                        return_dict=False)[0]
         loss = (((x0_hat - x0) / s.clamp(min=args.loss_sigma_floor)) ** 2).mean()
+        if lay is not None and args.layout_weight:
+            keep = torch.tensor([p != "" for p in prompts])  # "" says nothing about the layout
+            if keep.any():
+                tgt = torch.stack([layout_targets(sc) for sc, _ in picks])
+                loss = loss + args.layout_weight * layout_loss(logits[keep], tgt[keep])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -121,7 +198,7 @@ def main(argv=None):
         sched.step()
         decay = min(args.ema, (1 + step) / (10 + step))
         with torch.no_grad():
-            for e, p in zip(list(ema_tr.parameters()) + list(ema_te.parameters()), params):
+            for e, p in zip(ema_params, params):
                 e.lerp_(p, 1 - decay)
         ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
         if step % 100 == 0 or step == args.steps - 1:
