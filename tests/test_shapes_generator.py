@@ -385,3 +385,25 @@ def test_layout_stage_learns_and_no_layout_flag(tmp_path):
     name = "layout_encoder/diffusion_pytorch_model.safetensors"
     a, b = load_file(str(tmp_path / "lay" / name)), load_file(str(tmp_path / "same" / name))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_layout_attention_equals_torch_multihead_attention_and_ignores_grad_mode():
+    """The written-out attention computes what torch.nn.MultiheadAttention computes with the same weights (within
+    float rounding), and gives bit-identical results with autograd on and off (GRPO's KL-at-init self-check needs
+    that; torch's module switches kernels with the grad mode)."""
+    from promptecho.shapes.generator import _Attention
+
+    torch.manual_seed(0)
+    att = _Attention(32, 4)
+    ref = torch.nn.MultiheadAttention(32, 4, batch_first=True).eval()
+    ref.load_state_dict(att.state_dict())
+    q, kv = torch.randn(3, 9, 32), torch.randn(3, 11, 32)
+    mask = torch.zeros(3, 11, dtype=torch.bool)
+    mask[1, 7:] = True
+    mask[2, 2:] = True
+    with torch.no_grad():
+        mine = att(q, kv, key_padding_mask=mask)
+        theirs = ref(q, kv, kv, key_padding_mask=mask, need_weights=False)[0]
+    assert torch.allclose(mine, theirs, atol=1e-5)
+    with torch.enable_grad():
+        assert torch.equal(att(q, kv, key_padding_mask=mask), mine)

@@ -6,6 +6,8 @@ Components (all standard library classes, saved/loaded by diffusers' own machine
     patch corners and objects came out broken into quarter-patches; a 4 px canvas border (`pad`) that moves them
     inside 8 px patches measured worse (atom share 0.16 vs 0.20, 2500 steps), so the default border is 0.
   text_encoder: transformers `T5EncoderModel` (tiny), tokenizer: word-level `PreTrainedTokenizerFast`
+  layout_encoder: `ShapesLayoutEncoder` (this module; optional): predicts each grid cell's content from the prompt's
+    token states; its probabilities are 15 extra input channels of the transformer (see the class docstring)
   scheduler: diffusers `FlowMatchEulerDiscreteScheduler`
 There is no VAE: at 48 px a pixel-space model is cheaper than training an autoencoder on 2 CPU cores.
 
@@ -49,6 +51,32 @@ LAYOUT_LOGITS = sum(n for _, n in LAYOUT_HEADS)
 LAYOUT_CHANNELS = 1 + LAYOUT_LOGITS - 2  # P(occupied) and the colour/shape/size distributions
 
 
+class _Attention(torch.nn.Module):
+    """Multi-head attention written out (parameter names as torch.nn.MultiheadAttention's). torch's module takes a
+    fused fast path when autograd is off and the plain path when it is on, which differ in the last bits; GRPO's
+    "KL is exactly 0 at initialisation" self-check compares a no-grad reference with a grad-enabled policy."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.in_proj_weight = torch.nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_bias = torch.nn.Parameter(torch.zeros(3 * width))
+        self.out_proj = torch.nn.Linear(width, width)
+        torch.nn.init.xavier_uniform_(self.in_proj_weight)
+        torch.nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, q, kv, key_padding_mask=None):
+        w, b = self.in_proj_weight.chunk(3), self.in_proj_bias.chunk(3)
+        split = lambda t: t.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # noqa: E731  [B,H,L,d]
+        qh = split(torch.nn.functional.linear(q, w[0], b[0]))
+        kh, vh = (split(torch.nn.functional.linear(kv, w[i], b[i])) for i in (1, 2))
+        scores = qh @ kh.transpose(-1, -2) / qh.shape[-1] ** 0.5
+        if key_padding_mask is not None:
+            scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+        out = (scores.softmax(-1) @ vh).transpose(1, 2).flatten(2)
+        return self.out_proj(out)
+
+
 class ShapesLayoutEncoder(ModelMixin, ConfigMixin):
     """Reads the prompt's token states with one learned query per 3x3 grid cell and predicts that cell's content.
 
@@ -72,7 +100,7 @@ class ShapesLayoutEncoder(ModelMixin, ConfigMixin):
         # subject into the region words' keys and values: binding a cell to its object becomes one lookup
         self.local = torch.nn.Conv1d(width, width, window) if window > 1 else None
         self.text_norm = torch.nn.LayerNorm(width)
-        mha = lambda: torch.nn.MultiheadAttention(width, heads, batch_first=True)  # noqa: E731
+        mha = lambda: _Attention(width, heads)  # noqa: E731
         self.cross = torch.nn.ModuleList(mha() for _ in range(layers))
         self.self_attn = torch.nn.ModuleList(mha() for _ in range(layers))
         self.norms = torch.nn.ModuleList(torch.nn.LayerNorm(width) for _ in range(3 * layers))
@@ -92,9 +120,9 @@ class ShapesLayoutEncoder(ModelMixin, ConfigMixin):
         x = self.queries.expand(embeds.shape[0], -1, -1)
         for i, (cross, self_attn, mlp) in enumerate(zip(self.cross, self.self_attn, self.mlps)):
             n1, n2, n3 = self.norms[3 * i:3 * i + 3]
-            x = x + cross(n1(x), kv, kv, key_padding_mask=pad, need_weights=False)[0]
+            x = x + cross(n1(x), kv, key_padding_mask=pad)
             h = n2(x)
-            x = x + self_attn(h, h, h, need_weights=False)[0]
+            x = x + self_attn(h, h)
             x = x + mlp(n3(x))
         return self.head(x)
 
