@@ -1,6 +1,6 @@
 """ShapesWorld text-to-image generator: a pixel-space flow-matching pipeline built from diffusers parts.
 
-Components (all standard library classes, saved/loaded by diffusers' own machinery):
+Components (saved/loaded by diffusers' own machinery; all but the layout encoder are library classes):
   transformer: diffusers `SD3Transformer2DModel` (MMDiT) acting directly on RGB pixels, 48x48, patch 16: one token
     per 16 px grid cell, so every object lies inside one token. With patch 8 the cell centres (8, 24, 40 px) are
     patch corners and objects came out broken into quarter-patches; a 4 px canvas border (`pad`) that moves them
