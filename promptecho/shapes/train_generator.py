@@ -5,6 +5,9 @@
 Objective: x-prediction with the velocity loss (see ShapesWorldPipeline.predict_x0), whose 1/sigma^2 weight is
 capped at 1/0.3^2 (--loss-sigma-floor) so that high-noise steps, where layout and prompt following are decided,
 are not drowned out by low-noise detail.
+Two stages: (1) --layout-steps steps train the text encoder and the layout encoder alone to predict each grid
+cell's content from the caption (cross-entropy, no images; see ShapesLayoutEncoder), (2) --steps steps of the flow
+loss plus that cross-entropy, with the layout channels detached from the transformer's gradient.
 Data: rendered training-split scenes with their dense captions (10 % of captions dropped to "" so
 classifier-free guidance works). Timesteps: logit-normal, as in SD3. Saves the EMA weights.
 Reproducible from --seed; CPU-only. The model is deliberately small: it should follow prompts
