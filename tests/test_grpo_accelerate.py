@@ -51,7 +51,7 @@ def _setup(tmp_path):
     from promptecho.testing.tiny_vlms import build_tiny_vlm
 
     gen = str(tmp_path / "generator")
-    ShapesWorldPipeline(**build_components(seed=0, width=32, layers=1)).save_pretrained(gen)
+    ShapesWorldPipeline(**build_components(seed=0, width=32, layers=1, layout=False)).save_pretrained(gen)  # see fixtures.grpo.tiny_shapes_pipeline
     vlm = build_tiny_vlm("llava", str(tmp_path / "vlm"))
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")

@@ -48,6 +48,23 @@ def test_sd3_self_checks_pass_with_and_without_cfg(tmp_path, sd3_pipe, cfg_scale
     assert m["ratio_dev"] == 0.0 and m["kl"] == 0.0 and m["flat_groups"] == 0
 
 
+@pytest.mark.parametrize("cfg_scale", [1.0, 2.5])
+def test_layout_generator_self_checks_are_exact_and_a_step_trains_the_transformer_only(tmp_path, cfg_scale):
+    """The embedded generator's architecture (layout encoder + layout channels): the self-checks hold exactly (the
+    layout encoder's attention gives the same bits with autograd on and off; torch's MultiheadAttention did not,
+    and KL at init came out 1e-15), and an update moves the transformer's LoRA while the layout encoder is frozen."""
+    pipe = tiny_shapes_pipeline(layout=True)
+    before = {k: v.clone() for k, v in pipe.layout_encoder.state_dict().items()}
+    s = GRPOSession(_cfg(tmp_path, train_cfg=cfg_scale, kl_beta=0.1), make_adapter("shapesworld", pipe),
+                    brightness_reward, train_prompts=PROMPTS).start()
+    assert s.self_check_report == {"pipeline_max_abs_diff": 0.0, "ratio_max_dev": 0.0, "kl_init": 0.0}
+    m = s.step()
+    assert m["ratio_dev"] == 0.0 and m["kl"] == 0.0
+    lora_b = [p for n, p in s.adapter.transformer.named_parameters() if "lora_B" in n]
+    assert lora_b and max(float(p.abs().max()) for p in lora_b) > 0
+    assert all(torch.equal(before[k], v) for k, v in pipe.layout_encoder.state_dict().items())
+
+
 def test_self_check_detects_a_sampler_that_differs_from_the_pipeline(tmp_path):
     ad = make_adapter("shapesworld", tiny_shapes_pipeline())
     ad.sigmas = lambda steps: torch.linspace(1, 0, steps + 1)  # not the scheduler's schedule
