@@ -407,3 +407,14 @@ def test_layout_attention_equals_torch_multihead_attention_and_ignores_grad_mode
     assert torch.allclose(mine, theirs, atol=1e-5)
     with torch.enable_grad():
         assert torch.equal(att(q, kv, key_padding_mask=mask), mine)
+
+
+def test_half_precision_pipeline_runs_and_stays_close():
+    """A pipeline moved to bfloat16 denoises in bfloat16 (noise, layout encoder and transformer in one dtype) and
+    lands near the float32 result for the same seed."""
+    pipe = ShapesWorldPipeline(**build_components(seed=0, width=32, layers=1))
+    ref = pipe(A, num_inference_steps=3, generator=_gen(0), output_type="pt").images
+    half = pipe.to(dtype=torch.bfloat16)
+    out = half(A, num_inference_steps=3, generator=_gen(0), output_type="pt").images
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    assert (out - ref).abs().max() < 0.1 and not torch.equal(out, ref)
