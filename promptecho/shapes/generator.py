@@ -51,6 +51,11 @@ LAYOUT_LOGITS = sum(n for _, n in LAYOUT_HEADS)
 LAYOUT_CHANNELS = 1 + LAYOUT_LOGITS - 2  # P(occupied) and the colour/shape/size distributions
 
 
+def split_heads(logits: torch.Tensor) -> List[torch.Tensor]:
+    """[..., 16] layout logits -> one tensor per head of LAYOUT_HEADS (occupied, colour, shape, size)."""
+    return list(logits.split([n for _, n in LAYOUT_HEADS], dim=-1))
+
+
 class _Attention(torch.nn.Module):
     """Multi-head attention written out (parameter names as torch.nn.MultiheadAttention's). torch's module takes a
     fused fast path when autograd is off and the plain path when it is on, which differ in the last bits; GRPO's
@@ -129,10 +134,7 @@ class ShapesLayoutEncoder(ModelMixin, ConfigMixin):
     @staticmethod
     def probabilities(logits: torch.Tensor) -> torch.Tensor:
         """[B,9,16] logits -> [B,9,15]: P(occupied), then the colour, shape and size distributions."""
-        parts, i = [], 0
-        for _, n in LAYOUT_HEADS:
-            parts.append(logits[..., i:i + n].float().softmax(-1))
-            i += n
+        parts = [h.float().softmax(-1) for h in split_heads(logits)]
         return torch.cat([parts[0][..., 1:], *parts[1:]], -1)
 
     def layout_map(self, embeds: torch.Tensor, canvas: int, scene: int = IMAGE_SIZE) -> torch.Tensor:
@@ -160,12 +162,8 @@ def layout_targets(scene) -> torch.Tensor:
 
 def layout_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Sum over the four heads of the mean cross-entropy (colour/shape/size only on occupied cells)."""
-    total, i = 0.0, 0
-    for k, (_, n) in enumerate(LAYOUT_HEADS):
-        total = total + torch.nn.functional.cross_entropy(logits[..., i:i + n].reshape(-1, n).float(),
-                                                          targets[..., k].reshape(-1), ignore_index=-100)
-        i += n
-    return total
+    return sum(torch.nn.functional.cross_entropy(h.reshape(-1, h.shape[-1]).float(), targets[..., k].reshape(-1),
+                                                 ignore_index=-100) for k, h in enumerate(split_heads(logits)))
 
 
 class ShapesWorldPipelineOutput(BaseOutput):
@@ -256,18 +254,21 @@ class ShapesWorldPipeline(DiffusionPipeline):
         pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)
         return h * m, pooled
 
-    def predict_x0(self, x, sigma, embeds, pooled):
+    def predict_x0(self, x, sigma, embeds, pooled, layout_logits=None):
         """The transformer's output: the clean image x0 predicted at noise level sigma (tensor [B] or float).
 
         x-prediction, not v-prediction: a patch of 16x16x3 = 768 pixel values is wider than the 128-wide tokens, so
         the model cannot pass the input noise through, which v = noise - x0 would need (measured: v-prediction
         left the noise in every sample). The clean image lies on a low-dimensional set and fits.
+        `layout_logits`: the layout encoder's output for `embeds` when the caller already has it (training).
         """
         if not torch.is_tensor(sigma):
             sigma = torch.full((x.shape[0],), float(sigma), device=x.device)
         sigma = sigma.to(x.device, torch.float32).reshape(-1).expand(x.shape[0])
         if self.layout_encoder is not None:  # the predicted cell contents as extra input channels
-            x = torch.cat([x, self.layout_encoder.layout_map(embeds, x.shape[-1]).to(x.dtype)], 1)
+            if layout_logits is None:
+                layout_logits = self.layout_encoder(embeds)
+            x = torch.cat([x, self.layout_encoder.layout_map_from_logits(layout_logits, x.shape[-1]).to(x.dtype)], 1)
         return self.transformer(hidden_states=x, encoder_hidden_states=embeds, pooled_projections=pooled,
                                 timestep=sigma * self.scheduler.config.num_train_timesteps, return_dict=False)[0]
 

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from . import default_generator_path
-from .generator import (LAYOUT_HEADS, LOSS_SIGMA_FLOOR, PAD, PATCH, ShapesWorldPipeline, build_components,
-                        layout_loss, layout_targets)
+from .generator import (LOSS_SIGMA_FLOOR, PAD, PATCH, ShapesWorldPipeline, build_components, layout_loss,
+                        layout_targets, split_heads)
 from .render import render
 from .world import sample_split
 
@@ -86,11 +86,7 @@ def train_layout(pipe: ShapesWorldPipeline, data, args, rng: random.Random) -> N
 
 def layout_accuracy(logits: torch.Tensor, targets: torch.Tensor):
     """(share of empty cells predicted empty, share of objects' cells predicted exactly: colour + shape + size)."""
-    pred, i = [], 0
-    for _, n in LAYOUT_HEADS:
-        pred.append(logits[..., i:i + n].argmax(-1))
-        i += n
-    pred = torch.stack(pred, -1)
+    pred = torch.stack([h.argmax(-1) for h in split_heads(logits)], -1)
     empty = targets[..., 0] == 0
     return (pred[..., 0] == 0)[empty].float().mean().item(), (pred == targets).all(-1)[~empty].float().mean().item()
 
@@ -185,14 +181,9 @@ def main(argv=None):
         s = sigma.view(-1, 1, 1, 1)
         xt = (1 - s) * x0 + s * noise
         # x-prediction with the velocity loss (see ShapesWorldPipeline.predict_x0); 1/sigma capped
-        if lay is None:
-            x0_hat = pipe.predict_x0(xt, sigma, embeds, pooled)
-        else:  # the layout channels are detached: the layout encoder learns from its cross-entropy alone
-            logits = lay(embeds)
-            lmap = lay.layout_map_from_logits(logits.detach(), pipe.canvas)
-            x0_hat = tr(hidden_states=torch.cat([xt, lmap], 1), encoder_hidden_states=embeds,
-                        pooled_projections=pooled, timestep=sigma * pipe.scheduler.config.num_train_timesteps,
-                        return_dict=False)[0]
+        # the layout channels are detached: the layout encoder learns from its cross-entropy alone
+        logits = lay(embeds) if lay is not None else None
+        x0_hat = pipe.predict_x0(xt, sigma, embeds, pooled, None if logits is None else logits.detach())
         loss = (((x0_hat - x0) / s.clamp(min=args.loss_sigma_floor)) ** 2).mean()
         if lay is not None and args.layout_weight:
             keep = torch.tensor([p != "" for p in prompts])  # "" says nothing about the layout
