@@ -47,11 +47,19 @@ def draw_sigmas(batch: int, gen: torch.Generator, high_frac: float = 0.0) -> tor
     return sigma
 
 
+def prompt_states(pipe: ShapesWorldPipeline, prompts):
+    """encode_prompt with gradients (the text encoder trains): padding rows zeroed, masked-mean pooled vector."""
+    enc = pipe.tokenizer(prompts, padding="longest", truncation=True, return_tensors="pt")
+    h = pipe.text_encoder(input_ids=enc.input_ids, attention_mask=enc.attention_mask).last_hidden_state
+    m = enc.attention_mask.unsqueeze(-1).float()
+    return h * m, (h * m).sum(1) / m.sum(1).clamp(min=1)
+
+
 def train_layout(pipe: ShapesWorldPipeline, data, args, rng: random.Random) -> None:
     """Stage 1: the text encoder and layout encoder learn each grid cell's content from the caption (cross-entropy),
     before the transformer is trained, so that the transformer is conditioned on a layout that already follows the
     text (the way the VLM's vision tower is trained first). Prints the held-out cell accuracy."""
-    te, lay, tok = pipe.text_encoder, pipe.layout_encoder, pipe.tokenizer
+    te, lay = pipe.text_encoder, pipe.layout_encoder
     params = list(te.parameters()) + list(lay.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100))
@@ -59,9 +67,7 @@ def train_layout(pipe: ShapesWorldPipeline, data, args, rng: random.Random) -> N
     held_targets = torch.stack([layout_targets(sc) for sc, _ in held_out])
 
     def logits_of(captions):
-        enc = tok(captions, padding="longest", truncation=True, return_tensors="pt")
-        h = te(input_ids=enc.input_ids, attention_mask=enc.attention_mask).last_hidden_state
-        return lay(h * enc.attention_mask.unsqueeze(-1).float())
+        return lay(prompt_states(pipe, captions)[0])
 
     te.train(), lay.train()
     t0, ema = time.time(), None
@@ -172,10 +178,7 @@ def main(argv=None):
         picks = [data[rng.randrange(len(data))] for _ in range(args.batch_size)]
         x0 = pipe.pad_to_canvas(batch_pixels([s for s, _ in picks]))
         prompts = ["" if rng.random() < 0.1 else c for _, c in picks]
-        enc = pipe.tokenizer(prompts, padding="longest", truncation=True, return_tensors="pt")
-        h = te(input_ids=enc.input_ids, attention_mask=enc.attention_mask).last_hidden_state
-        m = enc.attention_mask.unsqueeze(-1).float()
-        embeds, pooled = h * m, (h * m).sum(1) / m.sum(1).clamp(min=1)
+        embeds, pooled = prompt_states(pipe, prompts)
         sigma = draw_sigmas(args.batch_size, gen, args.high_sigma_frac)
         noise = torch.randn(x0.shape, generator=gen)
         s = sigma.view(-1, 1, 1, 1)
