@@ -202,3 +202,50 @@ def test_awm_negative_weight_scales_only_negative_advantages(tmp_path):
     assert clipped == pytest.approx(pos_only, rel=1e-5) and mixed < clipped
     with pytest.raises(ValueError, match="awm_negative_weight"):
         _cfg(tmp_path, awm_negative_weight=1.5).validate()
+
+
+def test_layout_encoder_lora_trains_checkpoints_and_exports_with_the_transformer(tmp_path):
+    """lora_extra=["layout_encoder"]: both components get a LoRA, the self-checks stay exact, an update moves both,
+    the base model (all LoRAs off) is untouched, a checkpoint restores both, and the exported file loads into a
+    fresh pipeline (ShapesWorldPipeline.load_lora_weights) with identical output."""
+    import copy
+    base_pipe = tiny_shapes_pipeline(layout=True)
+    pipe = copy.deepcopy(base_pipe)
+    cfg = _cfg(tmp_path, lora_extra=["layout_encoder"], kl_beta=0.1, lr=3e-2)
+    s = GRPOSession(cfg, make_adapter("shapesworld", pipe), brightness_reward, train_prompts=PROMPTS).start()
+    assert s.self_check_report == {"pipeline_max_abs_diff": 0.0, "ratio_max_dev": 0.0, "kl_init": 0.0}
+    wrapped = {n for n, m in pipe.layout_encoder.named_modules() if hasattr(m, "lora_A")}
+    linears = {n for n, m in base_pipe.layout_encoder.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert wrapped == linears and wrapped  # every nn.Linear of the layout encoder, nothing else
+    s.run()
+    for module in (pipe.transformer, pipe.layout_encoder):
+        lora_b = [p for n, p in module.named_parameters() if "lora_B" in n]
+        assert lora_b and max(float(p.abs().max()) for p in lora_b) > 0, type(module).__name__
+    ad_base = make_adapter("shapesworld", base_pipe)
+    want_base = ad_base.pipeline_images(["a red circle"], [3], 3, 2.0)
+    trained = s.adapter.pipeline_images(["a red circle"], [3], 3, 2.0)
+    assert not torch.equal(trained, want_base)
+    with s.base_model():
+        assert torch.equal(s.adapter.pipeline_images(["a red circle"], [3], 3, 2.0), want_base)
+    ckpt = s.latest_checkpoint()
+    assert os.path.isfile(os.path.join(ckpt, "lora.layout_encoder.safetensors"))
+    s2 = GRPOSession(cfg, make_adapter("shapesworld", copy.deepcopy(base_pipe)), brightness_reward,
+                     train_prompts=PROMPTS, run_self_checks=False).start(resume="latest")
+    assert s2.step_count == s.step_count
+    assert torch.equal(s2.adapter.pipeline_images(["a red circle"], [3], 3, 2.0), trained)
+    path = s.export_lora(str(tmp_path / "lora.safetensors"))
+    fresh = copy.deepcopy(base_pipe)
+    assert fresh.load_lora_weights(path) == ["transformer", "layout_encoder"]
+    assert torch.equal(make_adapter("shapesworld", fresh).pipeline_images(["a red circle"], [3], 3, 2.0), trained)
+    from promptecho.grpo.export import export_checkpoint
+    again = export_checkpoint(ckpt, str(tmp_path / "from_ckpt.safetensors"))
+    assert load_file(again).keys() == load_file(path).keys()
+
+
+def test_lora_extra_names_what_the_adapter_can_adapt(tmp_path):
+    with pytest.raises(AdapterError, match="cannot adapt 'text_encoder'.*layout_encoder"):
+        GRPOSession(_cfg(tmp_path, lora_extra=["text_encoder"]), make_adapter("shapesworld", tiny_shapes_pipeline(layout=True)),
+                    brightness_reward, train_prompts=PROMPTS).start()
+    with pytest.raises(AdapterError, match="nothing besides the transformer"):
+        GRPOSession(_cfg(tmp_path, lora_extra=["layout_encoder"]), make_adapter("shapesworld", tiny_shapes_pipeline()),
+                    brightness_reward, train_prompts=PROMPTS).start()

@@ -52,6 +52,7 @@ class GRPOConfig:
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_targets: List[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    lora_extra: List[str] = field(default_factory=list)  # more components to adapt (shapesworld: layout_encoder)
     lr: float = 3e-4
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -89,6 +90,9 @@ class GRPOConfig:
             need(0 <= a < b <= self.train_steps, f"sde_window {self.sde_window} must satisfy 0 <= start < end <= train_steps")
         need(self.max_steps >= 0 and self.eval_every >= 0 and self.checkpoint_every >= 0, "step counts must be >= 0")
         need(self.keep_last >= 1, "keep_last must be >= 1")
+        need(isinstance(self.lora_extra, list) and all(isinstance(n, str) and n for n in self.lora_extra)
+             and len(set(self.lora_extra)) == len(self.lora_extra),
+             f"lora_extra must be a list of distinct component names, got {self.lora_extra!r}")
         return self
 
     # ------------------------------------------------------------------------------------------ I/O

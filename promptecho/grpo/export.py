@@ -19,7 +19,7 @@ def peft_lora_state(transformer: torch.nn.Module) -> Dict[str, torch.Tensor]:
     from peft.utils import get_peft_model_state_dict
     sd = get_peft_model_state_dict(transformer)
     if not sd:
-        raise ExportError("the transformer has no LoRA adapter to export")
+        raise ExportError(f"{type(transformer).__name__} has no LoRA adapter to export")
     return {k: v.detach().clone() for k, v in sd.items()}
 
 
@@ -51,7 +51,15 @@ def save_lora(path: str, tensors: Dict[str, torch.Tensor], metadata: Optional[Di
 
 def export_lora(transformer, path: str, rank: int, alpha: float, prefix: str = "transformer",
                 dtype: Optional[torch.dtype] = None, metadata: Optional[Dict] = None) -> str:
-    tensors = to_diffusers_format(peft_lora_state(transformer), rank, alpha, prefix, dtype)
+    return export_lora_modules({prefix: transformer}, path, rank, alpha, dtype, metadata)
+
+
+def export_lora_modules(modules: Dict[str, torch.nn.Module], path: str, rank: int, alpha: float,
+                        dtype: Optional[torch.dtype] = None, metadata: Optional[Dict] = None) -> str:
+    """One file for every adapted component, keys `<component>.<module>.lora_A.weight` (diffusers' own prefixes)."""
+    tensors = {}
+    for prefix, module in modules.items():
+        tensors.update(to_diffusers_format(peft_lora_state(module), rank, alpha, prefix, dtype))
     meta = {"rank": rank, "alpha": alpha}
     meta.update(metadata or {})
     return save_lora(path, tensors, {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()})
@@ -69,5 +77,10 @@ def export_checkpoint(ckpt_dir: str, path: str, dtype: Optional[torch.dtype] = N
     from .adapters import adapter_class
     prefix = adapter_class(cfg["adapter"]).lora_prefix
     tensors = to_diffusers_format(load_file(lora), cfg["lora_rank"], cfg["lora_alpha"], prefix, dtype)
+    for extra in cfg.get("lora_extra", []):  # saved next to it as lora.<component>.safetensors
+        p = os.path.join(ckpt_dir, f"lora.{extra}.safetensors")
+        if not os.path.isfile(p):
+            raise ExportError(f"checkpoint {ckpt_dir} was trained with a LoRA on {extra} but has no {p}")
+        tensors.update(to_diffusers_format(load_file(p), cfg["lora_rank"], cfg["lora_alpha"], extra, dtype))
     return save_lora(path, tensors, {"rank": cfg["lora_rank"], "alpha": cfg["lora_alpha"], "adapter": cfg["adapter"],
                                       "base": cfg.get("pipeline", ""), "source": os.path.abspath(ckpt_dir)})

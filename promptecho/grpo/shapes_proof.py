@@ -34,20 +34,20 @@ def prompt_sets(n_train: int, n_eval: int, seed: int = 0):
 @torch.no_grad()
 def judge(adapter, prompts: Sequence[str], seeds: Sequence[int], steps: int, cfg: float, lora: bool,
           batch: int = 64) -> Dict[str, np.ndarray]:
-    """Oracle scores of the pipeline's own output (LoRA on or off) for each (prompt, seed)."""
+    """Oracle scores of the pipeline's own output (LoRAs on or off) for each (prompt, seed)."""
     from ..shapes.oracle import check
-    tr = adapter.transformer
-    has_lora = hasattr(tr, "peft_config")
-    if has_lora:
-        (tr.enable_adapters if lora else tr.disable_adapters)()
+    adapted = [m for m in (adapter.transformer, getattr(adapter.pipe, "layout_encoder", None))
+               if hasattr(m, "peft_config")]
+    for m in adapted:
+        (m.enable_adapters if lora else m.disable_adapters)()
     try:
         images = []
         for s in range(0, len(prompts), batch):
             x = adapter.pipeline_images(list(prompts[s:s + batch]), list(seeds[s:s + batch]), steps, cfg)
             images += adapter.to_pil(x)
     finally:
-        if has_lora:
-            tr.enable_adapters()
+        for m in adapted:
+            m.enable_adapters()
     res = [check(im, p) for im, p in zip(images, prompts)]
     return {"correct": np.array([r.correct for r in res], dtype=float),
             "atoms": np.array([r.fraction for r in res]), "images": images}

@@ -14,6 +14,7 @@ is DDP's (mean of per-process gradients of equal-sized shards).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -110,12 +111,15 @@ class GRPOSession:
     def start(self, resume: Optional[str] = None) -> "GRPOSession":
         """Add the LoRA, build the optimiser, optionally resume ("latest" or a checkpoint folder), self-check."""
         from peft import LoraConfig
-        tr = self.adapter.transformer
-        tr.requires_grad_(False)
+        mods = self.adapter.lora_modules(self.cfg.lora_targets, self.cfg.lora_extra)
+        self.lora_modules = {k: m for k, (m, _) in mods.items()}  # key prefix -> adapted module
         torch.manual_seed(self.cfg.seed)  # LoRA A init
-        tr.add_adapter(LoraConfig(r=self.cfg.lora_rank, lora_alpha=self.cfg.lora_alpha,
-                                  target_modules=list(self.cfg.lora_targets), init_lora_weights=True))
-        self.params = [p for p in tr.parameters() if p.requires_grad]
+        self.params = []
+        for module, targets in mods.values():
+            module.requires_grad_(False)
+            module.add_adapter(LoraConfig(r=self.cfg.lora_rank, lora_alpha=self.cfg.lora_alpha,
+                                          target_modules=targets, init_lora_weights=True))
+            self.params += [p for p in module.parameters() if p.requires_grad]
         for p in self.params:
             p.data = p.data.float()
         self.opt = torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
@@ -183,14 +187,20 @@ class GRPOSession:
         return sde.gaussian_log_prob(x_next, mean, scale), mean, scale
 
     def _ref_mean(self, x, i, sig, cond, cfg_scale):
-        tr = self.adapter.transformer
-        tr.disable_adapters()
-        try:
-            with torch.no_grad():
-                _, mean, _ = self._logp(x, x, i, sig, cond, cfg_scale)
-        finally:
-            tr.enable_adapters()
+        with self.base_model(), torch.no_grad():
+            _, mean, _ = self._logp(x, x, i, sig, cond, cfg_scale)
         return mean
+
+    @contextlib.contextmanager
+    def base_model(self):
+        """Every LoRA of the session switched off inside the block (the frozen base model, for KL and judging)."""
+        for m in self.lora_modules.values():
+            m.disable_adapters()
+        try:
+            yield
+        finally:
+            for m in self.lora_modules.values():
+                m.enable_adapters()
 
     # ---------------------------------------------------------------------------------- self-checks
     def self_check(self, tol: float = 1e-5) -> Dict[str, float]:
@@ -319,12 +329,8 @@ class GRPOSession:
                 v = ad.velocity(xt, sigma, cond, 1.0)
                 v_ref = None
                 if cfg.kl_beta > 0:
-                    ad.transformer.disable_adapters()
-                    try:
-                        with torch.no_grad():
-                            v_ref = ad.velocity(xt, sigma, cond, 1.0)
-                    finally:
-                        ad.transformer.enable_adapters()
+                    with self.base_model(), torch.no_grad():
+                        v_ref = ad.velocity(xt, sigma, cond, 1.0)
                 loss, kl = awm_loss(v, target, adv, v_ref, cfg.kl_beta, weight=ad.fm_weight(sigma))
                 (loss / k).backward()
                 stats["loss"] += float(loss.detach()) / k
@@ -367,11 +373,8 @@ class GRPOSession:
                 if cfg.noise_level > 0:
                     std = sde.sde_std(float(sig[i]), finite, cfg.noise_level)
                     scale = sde.step_scale(float(sig[i]), float(sig[i + 1]), std)
-                    ad.transformer.disable_adapters()
-                    try:
+                    with self.base_model():
                         vr = ad.velocity(x, sig[i], cond, cfg.eval_cfg)
-                    finally:
-                        ad.transformer.enable_adapters()
                     f = float(sig[i]), float(sig[i + 1])
                     kl += sde.kl_gaussian_same_std(sde.sde_mean(x, v, *f, std), sde.sde_mean(x, vr, *f, std), scale).cpu()
                 x = euler_step(x, v, sig[i], sig[i + 1])
@@ -490,8 +493,9 @@ class GRPOSession:
         tmp = os.path.join(root, f".tmp-{name}-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
-        save_file({k: v.contiguous() for k, v in peft_lora_state(self.adapter.transformer).items()},
-                  os.path.join(tmp, "lora.safetensors"))
+        for prefix, module in self.lora_modules.items():
+            save_file({k: v.contiguous() for k, v in peft_lora_state(module).items()},
+                      os.path.join(tmp, self._lora_file(prefix)))
         np_state = np.random.get_state()
         torch.save({"step": self.step_count, "optimizer": self.opt.state_dict(), "history": self.history,
                     "rng": {"torch": torch.get_rng_state(), "python": list(map(lambda x: list(x) if isinstance(x, tuple) else x, random.getstate())),
@@ -510,6 +514,10 @@ class GRPOSession:
             shutil.rmtree(os.path.join(root, old), ignore_errors=True)
         return final
 
+    def _lora_file(self, prefix: str) -> str:
+        """Checkpoint file of one adapted component: the transformer's is lora.safetensors (as before extras)."""
+        return "lora.safetensors" if prefix == self.adapter.lora_prefix else f"lora.{prefix}.safetensors"
+
     def _write_latest(self, name):
         p = os.path.join(self._ckpt_root(), "latest")
         with open(p + ".tmp", "w", encoding="utf-8") as f:
@@ -519,10 +527,14 @@ class GRPOSession:
     def load_checkpoint(self, path: str) -> None:
         from peft.utils import set_peft_model_state_dict
         from safetensors.torch import load_file
-        lora = load_file(os.path.join(path, "lora.safetensors"))
-        res = set_peft_model_state_dict(self.adapter.transformer, lora)
-        if getattr(res, "unexpected_keys", None):
-            raise ValueError(f"checkpoint LoRA does not fit this model: unexpected keys {res.unexpected_keys[:3]}")
+        for prefix, module in self.lora_modules.items():
+            name = self._lora_file(prefix)
+            if not os.path.isfile(os.path.join(path, name)):
+                raise ValueError(f"checkpoint {path} has no {name}: it was trained without a LoRA on {prefix} "
+                                 f"(lora_extra differs from this session's {self.cfg.lora_extra})")
+            res = set_peft_model_state_dict(module, load_file(os.path.join(path, name)))
+            if getattr(res, "unexpected_keys", None):
+                raise ValueError(f"checkpoint LoRA does not fit this model: unexpected keys {res.unexpected_keys[:3]}")
         st = torch.load(os.path.join(path, "state.pt"), weights_only=True)
         self.opt.load_state_dict(st["optimizer"])
         self.step_count = int(st["step"])
@@ -535,7 +547,6 @@ class GRPOSession:
         log.info("resumed from %s at step %d", path, self.step_count)
 
     def export_lora(self, path: str, dtype=None) -> str:
-        from .export import export_lora
-        return export_lora(self.adapter.transformer, path, self.cfg.lora_rank, self.cfg.lora_alpha,
-                           self.adapter.lora_prefix, dtype, {"adapter": self.cfg.adapter, "base": self.cfg.pipeline,
-                                                             "step": self.step_count})
+        from .export import export_lora_modules
+        return export_lora_modules(self.lora_modules, path, self.cfg.lora_rank, self.cfg.lora_alpha, dtype,
+                                   {"adapter": self.cfg.adapter, "base": self.cfg.pipeline, "step": self.step_count})

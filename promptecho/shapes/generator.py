@@ -19,7 +19,8 @@ Adapter-facing API (what a trainer such as GRPO relies on):
   pipe.sigmas(num_inference_steps) -> tensor [N+1] from 1 to 0 (the scheduler's schedule)
   pipe.decode(x) -> images in [0,1] [B,3,48,48] (border cropped); pipe.to_output(x01, output_type)
   Flow convention: x_sigma = (1 - sigma) * x_0 + sigma * noise, v = noise - x_0, x_next = x + (sigma_next - sigma) v.
-  LoRA targets: the transformer's attention projections to_q, to_k, to_v, to_out.0 (and add_*_proj).
+  LoRA targets: the transformer's attention projections to_q, to_k, to_v, to_out.0 (and add_*_proj); optionally the
+    layout encoder's linear layers (LAYOUT_LORA_TARGETS). `pipe.load_lora_weights(file)` loads both parts of a file.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders.peft import PeftAdapterMixin
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from PIL import Image
@@ -49,6 +51,9 @@ SIGMA_FLOOR = 1e-3  # velocity = (x - x0) / sigma is evaluated at sigma >= this 
 LAYOUT_HEADS = (("occupied", 2), ("colour", len(COLORS)), ("shape", len(SHAPES)), ("size", len(SIZES)))
 LAYOUT_LOGITS = sum(n for _, n in LAYOUT_HEADS)
 LAYOUT_CHANNELS = 1 + LAYOUT_LOGITS - 2  # P(occupied) and the colour/shape/size distributions
+# LoRA on the layout encoder (a PEFT regex over module names): its nn.Linear layers. The attention input projection
+# is a plain parameter (torch's MultiheadAttention layout), which PEFT cannot wrap.
+LAYOUT_LORA_TARGETS = r"(.*\.)?(out_proj|mlps\.\d+\.[02]|head)"
 
 
 def split_heads(logits: torch.Tensor) -> List[torch.Tensor]:
@@ -82,7 +87,7 @@ class _Attention(torch.nn.Module):
         return self.out_proj(out)
 
 
-class ShapesLayoutEncoder(ModelMixin, ConfigMixin):
+class ShapesLayoutEncoder(ModelMixin, ConfigMixin, PeftAdapterMixin):
     """Reads the prompt's token states with one learned query per 3x3 grid cell and predicts that cell's content.
 
     Why it exists: an MMDiT trained on the flow loss alone had to discover, through joint attention, which words
@@ -310,6 +315,21 @@ class ShapesWorldPipeline(DiffusionPipeline):
         if p:
             x = x[..., p:p + IMAGE_SIZE, p:p + IMAGE_SIZE]
         return (x.float() / 2 + 0.5).clamp(0, 1)
+
+    def load_lora_weights(self, path: str, adapter_name: Optional[str] = None) -> List[str]:
+        """Load a diffusers-format LoRA file (promptecho export) into the components it has keys for:
+        `transformer.*` and, when trained with one, `layout_encoder.*`. Returns the components loaded."""
+        from safetensors import safe_open
+        with safe_open(path, "pt") as f:
+            prefixes = {k.split(".", 1)[0] for k in f.keys()}
+        parts = [n for n in ("transformer", "layout_encoder") if n in prefixes and getattr(self, n, None) is not None]
+        unknown = prefixes - {"transformer", "layout_encoder"}
+        if unknown or not parts:
+            raise ValueError(f"{path}: no LoRA keys for this pipeline's transformer or layout encoder "
+                             f"(key prefixes found: {sorted(prefixes)})")
+        for n in parts:
+            getattr(self, n).load_lora_adapter(path, prefix=n, adapter_name=adapter_name)
+        return parts
 
     @staticmethod
     def to_output(x01: torch.Tensor, output_type: str = "pil"):

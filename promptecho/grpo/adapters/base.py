@@ -23,6 +23,8 @@ class FlowAdapter:
     # module names PEFT targets by default, and the prefix of exported LoRA keys (diffusers format)
     default_targets: Sequence[str] = ("to_q", "to_k", "to_v", "to_out.0")
     lora_prefix = "transformer"
+    # other pipeline components a LoRA may also adapt (config lora_extra): component name -> PEFT target_modules
+    extra_lora_targets: Dict[str, Any] = {}
 
     def __init__(self, pipe, device: str = "cpu", dtype: torch.dtype = torch.float32):
         self.pipe = pipe
@@ -32,6 +34,19 @@ class FlowAdapter:
     @property
     def transformer(self) -> torch.nn.Module:
         return self.pipe.transformer
+
+    def lora_modules(self, targets: Sequence[str], extra: Sequence[str] = ()) -> Dict[str, tuple]:
+        """{key prefix: (module, PEFT target_modules)} of everything the LoRA adapts: the transformer with
+        `targets`, then each component named in `extra` with this adapter's targets for it."""
+        mods = {self.lora_prefix: (self.transformer, list(targets))}
+        for name in extra:
+            module = getattr(self.pipe, name, None)
+            if name not in self.extra_lora_targets or module is None:
+                offer = ", ".join(n for n in self.extra_lora_targets if getattr(self.pipe, n, None) is not None)
+                raise AdapterError(f"lora_extra: the {self.label} adapter cannot adapt {name!r} "
+                                   f"(this pipeline offers: {offer or 'nothing besides the transformer'})")
+            mods[name] = (module, self.extra_lora_targets[name])
+        return mods
 
     # ---- to implement ----
     def encode(self, prompts: List[str], cfg: float) -> Cond:

@@ -6,13 +6,16 @@ from typing import List, Sequence
 import torch
 import torch.nn.functional as F
 
-from ...shapes.generator import LOSS_SIGMA_FLOOR
+from ...shapes.generator import LAYOUT_LORA_TARGETS, LOSS_SIGMA_FLOOR
 from .base import AdapterError, Cond, FlowAdapter
 
 
 class ShapesWorldAdapter(FlowAdapter):
     name = "shapesworld"
+    label = "ShapesWorld"
     default_targets = ("to_q", "to_k", "to_v", "to_out.0")
+    # the layout encoder decides what goes in which cell (most of the generator's oracle errors are made there)
+    extra_lora_targets = {"layout_encoder": LAYOUT_LORA_TARGETS}
 
     def __init__(self, pipe, device="cpu", dtype=torch.float32, resolution: int = 0):
         if not all(hasattr(pipe, a) for a in ("encode_prompt", "velocity", "initial_noise", "decode")):
