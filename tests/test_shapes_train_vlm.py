@@ -110,3 +110,35 @@ def test_vision_pretraining_teaches_the_tower_what_captioning_did_not():
     model, proc = build_model_and_processor(tok, seed=0)
     acc = pretrain_vision(model, proc, data, random.Random(0), steps=120, batch_size=32, lr=2e-3, device="cpu")
     assert acc["colour"] > 0.9 and acc["shape"] > 0.5 and acc["size"] > 0.75, acc
+
+
+def test_relation_boost_draws_scenes_in_proportion_to_their_relations():
+    import random
+
+    from promptecho.shapes.train_vlm import make_rows, relation_weights
+    from promptecho.shapes.world import sample_split, scene_description
+
+    data = sample_split("train", 60, seed=3)
+    n_rel = np.array([len(scene_description(sc).relations) for sc, _ in data])
+    assert n_rel.min() == 0 and n_rel.max() >= 2
+    cum = relation_weights(data, 3.0)
+    assert np.allclose(np.diff([0.0, *cum]), 1 + 3.0 * n_rel)
+    caps = {c: k for k, (_, c) in enumerate(data)}
+    rows = make_rows(random.Random(0), data, 6000, vqa_share=0.0, weights=cum)
+    counts = np.bincount([caps[a] for _, _, a in rows], minlength=len(data))
+    expected = 6000 * (1 + 3.0 * n_rel) / (1 + 3.0 * n_rel).sum()
+    assert np.abs(counts - expected).max() < 5 * np.sqrt(expected.max())  # within sampling noise
+    uniform = np.bincount([caps[a] for _, _, a in make_rows(random.Random(0), data, 6000, 0.0)], minlength=len(data))
+    share = lambda c: c[n_rel > 0].sum() / c.sum()  # noqa: E731
+    assert share(counts) > share(uniform) + 0.1
+
+
+def test_layers_option_sets_the_decoder_depth(tmp_path):
+    from promptecho.shapes.train_vlm import main
+
+    main(["--steps", "1", "--vision-steps", "0", "--batch-size", "2", "--scenes", "16", "--threads", "1",
+          "--layers", "2", "--relation-boost", "1", "--out", str(tmp_path / "m")])
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["text_config"]["num_hidden_layers"] == 2
+    meta = json.loads((tmp_path / "m" / "training.json").read_text())
+    assert meta["layers"] == 2 and meta["relation_boost"] == 1.0
