@@ -418,3 +418,35 @@ def test_half_precision_pipeline_runs_and_stays_close():
     out = half(A, num_inference_steps=3, generator=_gen(0), output_type="pt").images
     assert out.dtype == torch.float32 and out.shape == ref.shape
     assert (out - ref).abs().max() < 0.1 and not torch.equal(out, ref)
+
+
+def test_layout_scene_inverts_layout_targets_and_passes_the_oracle():
+    """Confident logits built from a scene's own layout targets give back that scene (cells, colours, shapes,
+    sizes), and its rendering satisfies the scene's caption by the oracle; P(occupied) <= 0.5 leaves a cell empty."""
+    from promptecho.shapes.generator import LAYOUT_HEADS, layout_scene, layout_targets
+    from promptecho.shapes.oracle import check
+    from promptecho.shapes.render import render
+    from promptecho.shapes.world import sample_split
+
+    for scene, cap in sample_split("eval", 20, seed=4):
+        t = layout_targets(scene)
+        heads = []
+        for k, (_, n) in enumerate(LAYOUT_HEADS):
+            onehot = torch.nn.functional.one_hot(t[:, k].clamp(min=0), n).float() * 8.0
+            heads.append(onehot)
+        got = layout_scene(torch.cat(heads, -1))
+        key = lambda o: (o.row, o.col, o.color, o.shape, o.size)  # noqa: E731
+        assert sorted(map(key, got.objects)) == sorted(map(key, scene.objects))
+        assert check(render(got), cap).correct
+    flat = torch.zeros(9, sum(n for _, n in LAYOUT_HEADS))  # P(occupied) = 0.5 everywhere: nothing placed
+    assert layout_scene(flat).objects == []
+
+
+def test_eval_layout_part_reports_consistent_shares(capsys):
+    from promptecho.shapes.eval import main
+    lay = main(["--only", "layout", "--quick", "--prompts", "6", "--steps", "3"])
+    assert "Layout errors on 6 held-out prompts" in capsys.readouterr().out
+    assert 0.0 <= lay["layout_accuracy"] <= 1.0 and 0.0 <= lay["image_accuracy"] <= 1.0
+    p = lay["layout_accuracy"]  # the image accuracy is the mix of the two conditional ones
+    parts = [(p, lay["image_accuracy_layout_right"]), (1 - p, lay["image_accuracy_layout_wrong"])]
+    assert abs(sum(w * a for w, a in parts if w > 0) - lay["image_accuracy"]) < 1e-9

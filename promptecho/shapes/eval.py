@@ -115,6 +115,28 @@ def best_of_n(vlm, pipe, n_prompts: int, ns: Sequence[int], seed: int, steps: in
             "spearman_vqascore_pooled": spearman(vq.ravel(), frac.ravel())}
 
 
+@torch.no_grad()
+def layout_errors(pipe, n_prompts: int, seed: int, steps: int, guidance: float) -> dict:
+    """Where the generator's errors are made: the layout encoder's arg-max layout rendered and judged by the
+    oracle, against the generated image (one per prompt, the best-of-N prompts and seeds)."""
+    from .generator import layout_scene
+    prompts = [c for _, c in sample_split("eval", n_prompts, seed=seed + 17)]
+    embeds, _ = pipe.encode_prompt(prompts)
+    logits = pipe.layout_encoder(embeds)
+    layout_ok = np.array([check(render(layout_scene(lg)), p).correct for lg, p in zip(logits, prompts)], dtype=float)
+    images = [row[0] for row in generate(pipe, prompts, 1, seed, steps, guidance)]
+    image_ok = np.array([check(im, p).correct for im, p in zip(images, prompts)], dtype=float)
+    cond = lambda m: float(image_ok[m].mean()) if m.any() else float("nan")  # noqa: E731
+    return {"prompts": n_prompts, "layout_accuracy": float(layout_ok.mean()), "image_accuracy": float(image_ok.mean()),
+            "image_accuracy_layout_right": cond(layout_ok == 1), "image_accuracy_layout_wrong": cond(layout_ok == 0)}
+
+
+def format_layout(lay: dict) -> str:
+    return (f"Layout errors on {lay['prompts']} held-out prompts: arg-max layout right {100 * lay['layout_accuracy']:.1f} %, "
+            f"image right {100 * lay['image_accuracy']:.1f} % (when the layout is right "
+            f"{100 * lay['image_accuracy_layout_right']:.1f} %, when it is wrong {100 * lay['image_accuracy_layout_wrong']:.1f} %)")
+
+
 def format_report(disc: dict, bon: dict = None) -> str:
     lines = ["1. Reward discrimination (true caption beats one-atom corruption, held-out scenes)",
              f"   {'corruption':<11} {'pairs':>6} {'PromptEcho':>11} {'VQAScore':>9}"]
@@ -148,11 +170,18 @@ def main(argv=None):
     ap.add_argument("--json", default=None, help="also write the results as JSON")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--only", choices=["discrimination", "best-of-n"], default=None, help="run one part of the table")
+    ap.add_argument("--only", choices=["discrimination", "best-of-n", "layout"], default=None,
+                    help="run one part of the table (layout: where the generator's errors are made)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from ..vlm import load_vlm
     t0 = time.time()
+    if args.only == "layout":
+        from .generator import DEFAULT_GUIDANCE, DEFAULT_STEPS, load_generator
+        lay = layout_errors(load_generator(args.generator), args.prompts or (16 if args.quick else 200), args.seed,
+                            args.steps or DEFAULT_STEPS, DEFAULT_GUIDANCE if args.guidance is None else args.guidance)
+        print(format_layout(lay) + f"\n({time.time() - t0:.0f} s, seed {args.seed})")
+        return lay
     vlm = load_vlm(args.vlm, dtype="float32", device=args.device)
     disc = {} if args.only == "best-of-n" else discrimination(vlm, args.scenes or (100 if args.quick else 1000), args.seed)
     bon = None

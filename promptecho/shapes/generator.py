@@ -165,6 +165,17 @@ def layout_targets(scene) -> torch.Tensor:
     return t
 
 
+def layout_scene(logits: torch.Tensor):
+    """The arg-max scene of one prompt's layout logits [9, 16]: an object in every cell whose P(occupied) > 0.5,
+    with its most likely colour, shape and size (centred). Rendered and judged by the oracle it separates the
+    layout encoder's errors from the transformer's (`python -m promptecho.shapes.eval --only layout`)."""
+    from .world import Obj, Scene
+    occ, col, shp, siz = split_heads(logits.float())
+    objs = [Obj(list(COLORS)[int(col[c].argmax())], SHAPES[int(shp[c].argmax())], SIZES[int(siz[c].argmax())],
+                c // GRID, c % GRID) for c in range(occ.shape[0]) if float(occ[c].softmax(-1)[1]) > 0.5]
+    return Scene(objs)
+
+
 def layout_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Sum over the four heads of the mean cross-entropy (colour/shape/size only on occupied cells)."""
     return sum(torch.nn.functional.cross_entropy(h.reshape(-1, h.shape[-1]).float(), targets[..., k].reshape(-1),
