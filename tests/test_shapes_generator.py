@@ -412,6 +412,12 @@ def test_layout_attention_equals_torch_multihead_attention_and_ignores_grad_mode
 def test_half_precision_pipeline_runs_and_stays_close():
     """A pipeline moved to bfloat16 denoises in bfloat16 (noise, layout encoder and transformer in one dtype) and
     lands near the float32 result for the same seed."""
+    torch.manual_seed(0)
+    conv, x = torch.nn.Conv2d(18, 32, 16, stride=16), torch.randn(1, 18, 48, 48)
+    with torch.no_grad():
+        err = float((conv.bfloat16()(x.bfloat16()).float() - conv.float()(x)).abs().max())
+    if err > 0.1:  # seen on an AVX512 machine with torch 2.13 CPU: 1.8 on outputs of magnitude 1.5
+        pytest.skip(f"this CPU's bfloat16 Conv2d (the transformer's patch embedding) is off by {err:.2f} from float32")
     pipe = ShapesWorldPipeline(**build_components(seed=0, width=32, layers=1))
     ref = pipe(A, num_inference_steps=3, generator=_gen(0), output_type="pt").images
     half = pipe.to(dtype=torch.bfloat16)
