@@ -29,20 +29,22 @@ def test_judge_with_a_zero_lora_equals_the_base_and_a_changed_lora_does_not():
     pipe = ShapesWorldPipeline(**build_components(seed=0, width=32, layers=1))
     ad = ShapesWorldAdapter(pipe)
     ad.transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_v"]))
+    ad.pipe.layout_encoder.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=ad.extra_lora_targets["layout_encoder"]))
     prompts, seeds = prompt_sets(1, 2)[1], [1, 2]
     base = judge(ad, prompts, seeds, steps=3, cfg=1.0, lora=False)
     same = judge(ad, prompts, seeds, steps=3, cfg=1.0, lora=True)  # LoRA B is zero-initialised: a no-op
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(base["images"], same["images"]))
     s = summarize(base, same)
     assert s["pair_net"] == 0 and s["pair_ties"] == 1 and s["delta_accuracy_pp"] == 0
-    with torch.no_grad():
-        for n, p in ad.transformer.named_parameters():
-            if "lora_B" in n:
-                p.add_(0.5)
-    moved = judge(ad, prompts, seeds, steps=3, cfg=1.0, lora=True)
-    assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(base["images"], moved["images"]))
-    off_again = judge(ad, prompts, seeds, steps=3, cfg=1.0, lora=False)  # disabling really restores the base
-    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(base["images"], off_again["images"]))
+    for module in (ad.pipe.layout_encoder, ad.transformer):  # the layout LoRA alone, then both
+        with torch.no_grad():
+            for n, p in module.named_parameters():
+                if "lora_B" in n:
+                    p.add_(0.5)
+        moved = judge(ad, prompts, seeds, steps=3, cfg=1.0, lora=True)
+        assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(base["images"], moved["images"]))
+        off_again = judge(ad, prompts, seeds, steps=3, cfg=1.0, lora=False)  # disabling really restores the base
+        assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(base["images"], off_again["images"]))
 
 
 def test_table_has_one_row_per_run():

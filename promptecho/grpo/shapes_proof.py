@@ -36,8 +36,8 @@ def judge(adapter, prompts: Sequence[str], seeds: Sequence[int], steps: int, cfg
           batch: int = 64) -> Dict[str, np.ndarray]:
     """Oracle scores of the pipeline's own output (LoRAs on or off) for each (prompt, seed)."""
     from ..shapes.oracle import check
-    adapted = [m for m in (adapter.transformer, getattr(adapter.pipe, "layout_encoder", None))
-               if hasattr(m, "peft_config")]
+    parts = [adapter.transformer] + [getattr(adapter.pipe, n, None) for n in adapter.extra_lora_targets]
+    adapted = [m for m in parts if hasattr(m, "peft_config")]
     for m in adapted:
         (m.enable_adapters if lora else m.disable_adapters)()
     try:
