@@ -456,3 +456,10 @@ def test_eval_layout_part_reports_consistent_shares(capsys):
     p = lay["layout_accuracy"]  # the image accuracy is the mix of the two conditional ones
     parts = [(p, lay["image_accuracy_layout_right"]), (1 - p, lay["image_accuracy_layout_wrong"])]
     assert abs(sum(w * a for w, a in parts if w > 0) - lay["image_accuracy"]) < 1e-9
+
+
+def test_eval_layout_part_refuses_a_text_only_generator():
+    from promptecho.shapes.eval import layout_errors
+    text_only = ShapesWorldPipeline(**build_components(seed=0, width=32, layers=1, layout=False))
+    with pytest.raises(SystemExit, match="needs a generator with a layout encoder"):
+        layout_errors(text_only, 2, 0, 2, 1.0)

@@ -23,6 +23,12 @@ def peft_lora_state(transformer: torch.nn.Module) -> Dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in sd.items()}
 
 
+def checkpoint_lora_file(component: str, main: str = "transformer") -> str:
+    """File of one adapted component inside a checkpoint folder: the transformer's (`main`) is lora.safetensors,
+    as before extra components existed; others are lora.<component>.safetensors."""
+    return "lora.safetensors" if component == main else f"lora.{component}.safetensors"
+
+
 def to_diffusers_format(lora_state: Dict[str, torch.Tensor], rank: int, alpha: float, prefix: str = "transformer",
                         dtype: Optional[torch.dtype] = None) -> Dict[str, torch.Tensor]:
     scale = float(alpha) / float(rank)
@@ -68,7 +74,7 @@ def export_lora_modules(modules: Dict[str, torch.nn.Module], path: str, rank: in
 def export_checkpoint(ckpt_dir: str, path: str, dtype: Optional[torch.dtype] = None) -> str:
     """Convert a training checkpoint folder (lora.safetensors + config.json) to a diffusers-format LoRA file."""
     from safetensors.torch import load_file
-    lora = os.path.join(ckpt_dir, "lora.safetensors")
+    lora = os.path.join(ckpt_dir, checkpoint_lora_file("transformer"))
     cfgp = os.path.join(ckpt_dir, "config.json")
     if not (os.path.isfile(lora) and os.path.isfile(cfgp)):
         raise ExportError(f"not a GRPO checkpoint folder (needs lora.safetensors and config.json): {ckpt_dir}")
@@ -77,8 +83,8 @@ def export_checkpoint(ckpt_dir: str, path: str, dtype: Optional[torch.dtype] = N
     from .adapters import adapter_class
     prefix = adapter_class(cfg["adapter"]).lora_prefix
     tensors = to_diffusers_format(load_file(lora), cfg["lora_rank"], cfg["lora_alpha"], prefix, dtype)
-    for extra in cfg.get("lora_extra", []):  # saved next to it as lora.<component>.safetensors
-        p = os.path.join(ckpt_dir, f"lora.{extra}.safetensors")
+    for extra in cfg.get("lora_extra", []):
+        p = os.path.join(ckpt_dir, checkpoint_lora_file(extra, prefix))
         if not os.path.isfile(p):
             raise ExportError(f"checkpoint {ckpt_dir} was trained with a LoRA on {extra} but has no {p}")
         tensors.update(to_diffusers_format(load_file(p), cfg["lora_rank"], cfg["lora_alpha"], extra, dtype))

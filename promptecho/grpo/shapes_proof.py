@@ -14,6 +14,7 @@ eval split (promptecho.shapes.world.sample_split).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -36,18 +37,11 @@ def judge(adapter, prompts: Sequence[str], seeds: Sequence[int], steps: int, cfg
           batch: int = 64) -> Dict[str, np.ndarray]:
     """Oracle scores of the pipeline's own output (LoRAs on or off) for each (prompt, seed)."""
     from ..shapes.oracle import check
-    parts = [adapter.transformer] + [getattr(adapter.pipe, n, None) for n in adapter.extra_lora_targets]
-    adapted = [m for m in parts if hasattr(m, "peft_config")]
-    for m in adapted:
-        (m.enable_adapters if lora else m.disable_adapters)()
-    try:
-        images = []
+    images = []
+    with contextlib.nullcontext() if lora else adapter.base_model():
         for s in range(0, len(prompts), batch):
             x = adapter.pipeline_images(list(prompts[s:s + batch]), list(seeds[s:s + batch]), steps, cfg)
             images += adapter.to_pil(x)
-    finally:
-        for m in adapted:
-            m.enable_adapters()
     res = [check(im, p) for im, p in zip(images, prompts)]
     return {"correct": np.array([r.correct for r in res], dtype=float),
             "atoms": np.array([r.fraction for r in res]), "images": images}

@@ -14,7 +14,6 @@ is DDP's (mean of per-process gradients of equal-sized shards).
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -191,16 +190,9 @@ class GRPOSession:
             _, mean, _ = self._logp(x, x, i, sig, cond, cfg_scale)
         return mean
 
-    @contextlib.contextmanager
     def base_model(self):
         """Every LoRA of the session switched off inside the block (the frozen base model, for KL and judging)."""
-        for m in self.lora_modules.values():
-            m.disable_adapters()
-        try:
-            yield
-        finally:
-            for m in self.lora_modules.values():
-                m.enable_adapters()
+        return self.adapter.base_model()
 
     # ---------------------------------------------------------------------------------- self-checks
     def self_check(self, tol: float = 1e-5) -> Dict[str, float]:
@@ -515,8 +507,8 @@ class GRPOSession:
         return final
 
     def _lora_file(self, prefix: str) -> str:
-        """Checkpoint file of one adapted component: the transformer's is lora.safetensors (as before extras)."""
-        return "lora.safetensors" if prefix == self.adapter.lora_prefix else f"lora.{prefix}.safetensors"
+        from .export import checkpoint_lora_file
+        return checkpoint_lora_file(prefix, self.adapter.lora_prefix)
 
     def _write_latest(self, name):
         p = os.path.join(self._ckpt_root(), "latest")

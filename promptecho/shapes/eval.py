@@ -120,6 +120,8 @@ def layout_errors(pipe, n_prompts: int, seed: int, steps: int, guidance: float) 
     """Where the generator's errors are made: the layout encoder's arg-max layout rendered and judged by the
     oracle, against the generated image (one per prompt, the best-of-N prompts and seeds)."""
     from .generator import layout_scene
+    if pipe.layout_encoder is None:
+        raise SystemExit("--only layout needs a generator with a layout encoder; this one is text-only")
     prompts = [c for _, c in sample_split("eval", n_prompts, seed=seed + 17)]
     embeds, _ = pipe.encode_prompt(prompts)
     logits = pipe.layout_encoder(embeds)

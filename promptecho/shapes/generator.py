@@ -333,8 +333,9 @@ class ShapesWorldPipeline(DiffusionPipeline):
         from safetensors import safe_open
         with safe_open(path, "pt") as f:
             prefixes = {k.split(".", 1)[0] for k in f.keys()}
-        parts = [n for n in ("transformer", "layout_encoder") if n in prefixes and getattr(self, n, None) is not None]
-        unknown = prefixes - {"transformer", "layout_encoder"}
+        loadable = ("transformer", "layout_encoder")
+        parts = [n for n in loadable if n in prefixes and getattr(self, n, None) is not None]
+        unknown = prefixes - set(loadable)
         if unknown or not parts:
             raise ValueError(f"{path}: no LoRA keys for this pipeline's transformer or layout encoder "
                              f"(key prefixes found: {sorted(prefixes)})")

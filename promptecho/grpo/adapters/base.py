@@ -5,6 +5,8 @@ with exactly the pipeline's arithmetic, and check that against the pipeline's ow
 """
 from __future__ import annotations
 
+import contextlib
+
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
@@ -47,6 +49,20 @@ class FlowAdapter:
                                    f"(this pipeline offers: {offer or 'nothing besides the transformer'})")
             mods[name] = (module, self.extra_lora_targets[name])
         return mods
+
+    @contextlib.contextmanager
+    def base_model(self):
+        """Every LoRA on the transformer and the extra components switched off inside the block (the frozen base
+        model: KL reference, judging); switched back on afterwards."""
+        parts = [self.transformer] + [getattr(self.pipe, n, None) for n in self.extra_lora_targets]
+        adapted = [m for m in parts if hasattr(m, "peft_config")]
+        for m in adapted:
+            m.disable_adapters()
+        try:
+            yield
+        finally:
+            for m in adapted:
+                m.enable_adapters()
 
     # ---- to implement ----
     def encode(self, prompts: List[str], cfg: float) -> Cond:
