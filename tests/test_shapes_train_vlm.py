@@ -142,3 +142,44 @@ def test_layers_option_sets_the_decoder_depth(tmp_path):
     assert cfg["text_config"]["num_hidden_layers"] == 2
     meta = json.loads((tmp_path / "m" / "training.json").read_text())
     assert meta["layers"] == 2 and meta["relation_boost"] == 1.0
+
+
+def test_focus_mask_marks_relation_and_position_words_and_caption_loss_weights_them():
+    """Batcher's focus mask covers exactly the tokens of the relation phrases and region words (decoded back); the
+    weighted loss equals a manual log-softmax computation, and focus 0 is the model's own labels loss."""
+    from promptecho import DEFAULT_QUERY
+    from promptecho.shapes.render import render
+    from promptecho.shapes.train_vlm import Batcher, build_model_and_processor, build_tokenizer, caption_loss
+    from promptecho.shapes.world import atom_word_spans, sample_split, scene_description
+
+    data = [d for d in sample_split("train", 60, seed=3) if atom_word_spans(d[1])["relation"]][:4]
+    tok = build_tokenizer([c for _, c in sample_split("train", 200, seed=0)])
+    model, proc = build_model_and_processor(tok, seed=0)
+    batch = Batcher(proc)([(render(sc), DEFAULT_QUERY, cap) for sc, cap in data] + [(render(data[0][0]), "Q?", "Yes")])
+    for b, (_, cap) in enumerate(data):
+        spans = atom_word_spans(cap)
+        assert {cap[a:e] for a, e in spans["relation"]} <= {"to the left of", "to the right of", "above", "below"}
+        assert len(spans["position"]) == len(scene_description(data[b][0]).positions)
+        for code, kind in ((1, "relation"), (2, "position")):
+            got = tok.decode(batch["input_ids"][b][batch["focus"][b] == code]).split()
+            want = " ".join(cap[s:e] for s, e in spans[kind]).split()
+            assert got == want and want, (kind, got, want)
+        assert (batch["labels"][b][batch["focus"][b] > 0] >= 0).all()  # marks lie on answer tokens
+    assert not batch["focus"][-1].any()  # a yes/no answer has none
+    with torch.no_grad():
+        inputs = {k: v for k, v in batch.items() if k != "focus"}
+        own = model(**inputs).loss
+        assert float(caption_loss(model, batch, 0.0)) == float(own)
+        logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits.float()
+        logp = torch.log_softmax(logits, -1)
+        num = den = 0.0
+        for b in range(logits.shape[0]):
+            for t in range(1, logits.shape[1]):
+                y = int(batch["labels"][b, t])
+                if y < 0:
+                    continue
+                w = 1 + 4.0 * (int(batch["focus"][b, t]) > 0)
+                num += -float(logp[b, t - 1, y]) * w
+                den += 1
+        assert abs(float(caption_loss(model, batch, 4.0)) - num / den) < 1e-4
+        assert float(caption_loss(model, batch, 4.0)) > float(own)

@@ -48,6 +48,10 @@ class GRPOConfig:
     awm_timesteps: int = 4                  # noise levels sampled per image for AWM
     awm_negative_weight: float = 1.0        # AWM: scale of negative advantages (0 = only pull toward better samples)
     inner_epochs: int = 1
+    # draw each image's layout from the layout encoder (shapesworld) so a group holds different layouts; the draw's
+    # log-prob gets the same clipped-ratio update as the SDE steps (needs lora_extra = ["layout_encoder"])
+    layout_sampling: bool = False
+    layout_temperature: float = 1.0
     # LoRA / optimiser
     lora_rank: int = 8
     lora_alpha: float = 16.0
@@ -93,6 +97,9 @@ class GRPOConfig:
         need(isinstance(self.lora_extra, list) and all(isinstance(n, str) and n for n in self.lora_extra)
              and len(set(self.lora_extra)) == len(self.lora_extra),
              f"lora_extra must be a list of distinct component names, got {self.lora_extra!r}")
+        need(self.layout_temperature > 0, "layout_temperature must be > 0")
+        need(not self.layout_sampling or "layout_encoder" in self.lora_extra,
+             "layout_sampling trains the layout encoder's choice: add \"layout_encoder\" to lora_extra")
         return self
 
     # ------------------------------------------------------------------------------------------ I/O

@@ -86,6 +86,10 @@ class GRPOSession:
             adapter = make_adapter(cfg.adapter, load_pipeline(cfg.adapter, cfg.pipeline, cfg.dtype, device),
                                    device, cfg.dtype, cfg.resolution, guidance=cfg.guidance)
         self.adapter = adapter
+        if cfg.layout_sampling and not adapter.samples_layout:
+            from .config import ConfigError
+            raise ConfigError(f"layout_sampling: the {adapter.label} pipeline has no layout to sample "
+                              "(only the ShapesWorld generator with a layout encoder has one)")
         from .prompts import load_prompts
         self.train_prompts = train_prompts if train_prompts is not None else load_prompts(cfg.prompts, cfg.max_prompt_chars)
         self.eval_prompts = eval_prompts if eval_prompts is not None else (
@@ -222,6 +226,15 @@ class GRPOSession:
                 raise SelfCheckError(f"probability ratio before the first update is not exactly 1 (max |r-1| = {rep['ratio_max_dev']:.3g})")
             if rep["kl_init"] != 0.0:
                 raise SelfCheckError(f"KL to the base at initialisation is {rep['kl_init']:.3g}, expected 0")
+        if cfg.layout_sampling:
+            t = cfg.layout_temperature
+            drawn, old = ad.sample_layout(cond, ad.layout_uniforms(len(prompts), _gen(cfg.seed, "selfcheck-layout")), t)
+            with torch.enable_grad():
+                new = ad.layout_log_prob(drawn, t)
+            rep["layout_ratio_max_dev"] = float((torch.exp(new.detach() - old) - 1).abs().max())
+            if rep["layout_ratio_max_dev"] != 0.0:
+                raise SelfCheckError("layout probability ratio before the first update is not exactly 1 "
+                                     f"(max |r-1| = {rep['layout_ratio_max_dev']:.3g})")
         self.self_check_report = rep
         log.info("self-check passed: %s", rep)
         return rep
@@ -252,6 +265,10 @@ class GRPOSession:
         rows = self._rows(len(prompts))
         lo, hi, _ = rows
         cond = ad.encode(prompts[lo:hi], cfg.train_cfg)
+        old_layout = None
+        if cfg.layout_sampling:  # one layout per image, drawn for the global batch and sliced (as the SDE noise)
+            u = ad.layout_uniforms(len(prompts), _gen(cfg.seed, self.step_count, "layout"))[lo:hi]
+            cond, old_layout = ad.sample_layout(cond, u, cfg.layout_temperature)
         sde_steps = self._sde_indices(cfg.train_steps) if cfg.algorithm == "grpo" else set()
         traj = self.sample(cond, seeds[lo:hi], cfg.train_steps, cfg.train_cfg,
                            cfg.noise_level if cfg.algorithm == "grpo" else 0.0, sde_steps,
@@ -269,9 +286,10 @@ class GRPOSession:
         if n_flat:
             log.warning("step %d: rewards do not vary within %d of %d prompt groups (no learning signal there)",
                         self.step_count, n_flat, len(spread))
-        m = self._update_grpo(traj, cond, adv) if cfg.algorithm == "grpo" else self._update_awm(traj, cond, adv, rows)
+        m = (self._update_grpo(traj, cond, adv, old_layout) if cfg.algorithm == "grpo"
+             else self._update_awm(traj, cond, adv, rows, old_layout))
         if self.world > 1:  # global means of the per-process losses (shards are equal-sized); ratio_dev stays local
-            keys = [k for k in ("loss", "kl", "clip_frac") if k in m]
+            keys = [k for k in ("loss", "kl", "clip_frac", "layout_loss") if k in m]
             red = self.acc.reduce(torch.tensor([m[k] for k in keys], device=self.acc.device), reduction="mean")
             m.update({k: float(v) for k, v in zip(keys, red.cpu())})
         t3 = time.perf_counter()
@@ -281,7 +299,17 @@ class GRPOSession:
         self._record(m)
         return m
 
-    def _update_grpo(self, traj: Trajectory, cond, adv) -> Dict:
+    def _layout_update(self, cond, old_layout, adv, stats: Dict) -> None:
+        """The sampled layouts' clipped-ratio loss (one action per image, before denoising): gradients reach only the
+        layout encoder's LoRA, as the SDE steps were conditioned on the drawn layout, not on the encoder."""
+        cfg = self.cfg
+        logp = self.adapter.layout_log_prob(cond, cfg.layout_temperature)
+        loss, ratio = sde.clipped_ratio_loss(logp, old_layout, adv, cfg.clip_range)
+        loss.backward()
+        stats["layout_loss"] = stats.get("layout_loss", 0.0) + float(loss.detach()) / cfg.inner_epochs
+        stats["layout_ratio_dev"] = max(stats.get("layout_ratio_dev", 0.0), float((ratio.detach() - 1).abs().max()))
+
+    def _update_grpo(self, traj: Trajectory, cond, adv, old_layout=None) -> Dict:
         cfg, ad = self.cfg, self.adapter
         sig = ad.sigmas(cfg.train_steps)
         n = len(traj.step_idx)
@@ -299,16 +327,19 @@ class GRPOSession:
                 stats["loss"] += float(loss.detach()) / n
                 stats["ratio_dev"] = max(stats["ratio_dev"], float((ratio.detach() - 1).abs().max()))
                 stats["clip_frac"] += float(((ratio.detach() - 1).abs() > cfg.clip_range).float().mean()) / n
+            if old_layout is not None:
+                self._layout_update(cond, old_layout, adv, stats)
             self._optim_step()
         return stats
 
-    def _update_awm(self, traj: Trajectory, cond, adv, rows: Optional[tuple] = None) -> Dict:
+    def _update_awm(self, traj: Trajectory, cond, adv, rows: Optional[tuple] = None, old_layout=None) -> Dict:
         cfg, ad = self.cfg, self.adapter
         g = _gen(cfg.seed, self.step_count, "awm")
         x0 = traj.x0.detach()
         lo, hi, n = rows or (0, x0.shape[0], x0.shape[0])  # noise drawn for the global batch, sliced
         # pushing the velocity away from worse-than-average samples has no bound; scaling those terms down keeps
         # the update near the pull toward better samples (awm_negative_weight = 0: reward-weighted regression)
+        adv_layout = adv  # the layout's policy gradient takes the plain advantages
         adv = torch.where(adv < 0, adv * cfg.awm_negative_weight, adv)
         stats = {"loss": 0.0, "kl": 0.0}
         k = cfg.awm_timesteps
@@ -327,6 +358,8 @@ class GRPOSession:
                 (loss / k).backward()
                 stats["loss"] += float(loss.detach()) / k
                 stats["kl"] += float(kl.detach().mean()) / k
+            if old_layout is not None:
+                self._layout_update(cond, old_layout, adv_layout, stats)
             self._optim_step()
         return stats
 

@@ -176,6 +176,40 @@ def layout_scene(logits: torch.Tensor):
     return Scene(objs)
 
 
+def sample_layout(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float = 1.0):
+    """One discrete layout per prompt drawn from the layout encoder's per-cell distributions (softmax of
+    logits / temperature), by inverse CDF of `uniforms` [B,9,4] in [0,1) (one per head, so a draw is reproducible
+    and sliceable by row). Returns class indices [B,9,4] (occupied, colour, shape, size) and the logits the
+    transformer is given for it: the encoder's own, with every head of an occupied cell, and the occupancy head of
+    an empty one, replaced by a one-hot choice (colour/shape/size of an empty cell stay the encoder's: unused)."""
+    idx, fed = [], []
+    occupied = None
+    for k, h in enumerate(split_heads(logits.float())):
+        cdf = (h / temperature).softmax(-1).cumsum(-1)
+        i = (cdf < uniforms[..., k:k + 1].to(cdf)).sum(-1).clamp(max=h.shape[-1] - 1)
+        one_hot = torch.nn.functional.one_hot(i, h.shape[-1]).bool()
+        hard = torch.where(one_hot, torch.zeros_like(h), torch.full_like(h, -1e4))  # softmax: exactly one-hot
+        if k == 0:
+            occupied = i == 1
+            fed.append(hard)
+        else:
+            fed.append(torch.where(occupied[..., None], hard, h))
+        idx.append(i)
+    return torch.stack(idx, -1), torch.cat(fed, -1).to(logits.dtype)
+
+
+def layout_log_prob(logits: torch.Tensor, idx: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log-probability [B] of the layouts `idx` [B,9,4] under the tempered per-cell distributions: every cell's
+    occupancy, and colour, shape and size of the occupied cells."""
+    heads = split_heads(logits.float())
+    occupied = (idx[..., 0] == 1).float()
+    total = 0
+    for k, h in enumerate(heads):
+        lp = torch.log_softmax(h / temperature, -1).gather(-1, idx[..., k:k + 1]).squeeze(-1)  # [B,9]
+        total = total + (lp if k == 0 else lp * occupied).sum(-1)
+    return total
+
+
 def layout_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Sum over the four heads of the mean cross-entropy (colour/shape/size only on occupied cells)."""
     return sum(torch.nn.functional.cross_entropy(h.reshape(-1, h.shape[-1]).float(), targets[..., k].reshape(-1),
@@ -288,9 +322,10 @@ class ShapesWorldPipeline(DiffusionPipeline):
         return self.transformer(hidden_states=x, encoder_hidden_states=embeds, pooled_projections=pooled,
                                 timestep=sigma * self.scheduler.config.num_train_timesteps, return_dict=False)[0]
 
-    def velocity(self, x, sigma, embeds, pooled):
-        """Flow velocity v = (x - x0_hat) / sigma (an estimate of noise - x0) at noise level sigma."""
-        x0 = self.predict_x0(x, sigma, embeds, pooled)
+    def velocity(self, x, sigma, embeds, pooled, layout_logits=None):
+        """Flow velocity v = (x - x0_hat) / sigma (an estimate of noise - x0) at noise level sigma.
+        `layout_logits`: the layout the transformer is given instead of the encoder's own (e.g. a sampled one)."""
+        x0 = self.predict_x0(x, sigma, embeds, pooled, layout_logits)
         s = sigma if torch.is_tensor(sigma) else torch.tensor(float(sigma))
         s = s.to(x.device, torch.float32).reshape(-1, 1, 1, 1).clamp(min=SIGMA_FLOOR)
         return ((x.float() - x0.float()) / s).to(x0.dtype)

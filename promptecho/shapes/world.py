@@ -234,6 +234,14 @@ def atoms_from_caption(text: str) -> Description:
     return Description(groups, positions, relations)
 
 
+def atom_word_spans(text: str) -> dict:
+    """Character spans of the words that carry a relation ("to the left of", "above", ...) and an absolute
+    position ("top left", "center", ...) in a caption from `describe`: the few tokens a one-atom relation or
+    position corruption changes (the VLM trainer can weight them)."""
+    return {"relation": [m.span(3) for m in _REL_RE.finditer(text)],
+            "position": [m.span(3) for m in _POS_RE.finditer(text)]}
+
+
 # ----------------------------------------------------------------------------------- corruption
 def corrupt(desc: Description, kind: str, rng: random.Random) -> Optional[Description]:
     """Change exactly one fact of `desc` (kind in CORRUPTION_KINDS); None if the kind does not apply.

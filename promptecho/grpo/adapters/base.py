@@ -27,6 +27,9 @@ class FlowAdapter:
     lora_prefix = "transformer"
     # other pipeline components a LoRA may also adapt (config lora_extra): component name -> PEFT target_modules
     extra_lora_targets: Dict[str, Any] = {}
+    # a discrete layout drawn per image before denoising, with its own log-prob (config layout_sampling); adapters
+    # that have one implement layout_uniforms, sample_layout and layout_log_prob (see the ShapesWorld adapter)
+    samples_layout = False
 
     def __init__(self, pipe, device: str = "cpu", dtype: torch.dtype = torch.float32):
         self.pipe = pipe

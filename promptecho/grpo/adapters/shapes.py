@@ -6,7 +6,7 @@ from typing import List, Sequence
 import torch
 import torch.nn.functional as F
 
-from ...shapes.generator import LAYOUT_LORA_TARGETS, LOSS_SIGMA_FLOOR
+from ...shapes.generator import GRID, LAYOUT_HEADS, LAYOUT_LORA_TARGETS, LOSS_SIGMA_FLOOR, layout_log_prob, sample_layout
 from .base import AdapterError, Cond, FlowAdapter
 
 
@@ -38,13 +38,39 @@ class ShapesWorldAdapter(FlowAdapter):
     def sigmas(self, steps: int) -> torch.Tensor:
         return self.pipe.sigmas(steps)
 
+    # ----------------------------------------------------------------------------- sampled layouts
+    @property
+    def samples_layout(self) -> bool:
+        """Layout sampling (config layout_sampling) needs a generator with a layout encoder."""
+        return getattr(self.pipe, "layout_encoder", None) is not None
+
+    def layout_uniforms(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.rand((n, GRID * GRID, len(LAYOUT_HEADS)), generator=generator)
+
+    @torch.no_grad()
+    def sample_layout(self, cond: Cond, uniforms: torch.Tensor, temperature: float):
+        """Draw one layout per row from the layout encoder (its LoRA on); the transformer is then given that layout
+        (cond["layout_logits"]) instead of the encoder's soft one. Returns (cond, log-prob [B] of the draws)."""
+        logits = self.pipe.layout_encoder(cond["embeds"])
+        idx, fed = sample_layout(logits, uniforms.to(logits.device), temperature)
+        cond = {**cond, "layout_idx": idx, "layout_logits": fed}
+        return cond, layout_log_prob(logits, idx, temperature)
+
+    def layout_log_prob(self, cond: Cond, temperature: float) -> torch.Tensor:
+        """log-prob [B] of cond's sampled layouts under the current layout encoder (with grad, for the update)."""
+        return layout_log_prob(self.pipe.layout_encoder(cond["embeds"]), cond["layout_idx"], temperature)
+
     def velocity(self, x, sigma, cond, cfg):
+        layout = cond.get("layout_logits")
         if cfg > 1.0:
+            if layout is not None:  # the unconditional branch keeps the encoder's layout of the empty prompt
+                with torch.no_grad():
+                    layout = torch.cat([self.pipe.layout_encoder(cond["neg_embeds"]), layout])
             v = self.pipe.velocity(torch.cat([x, x]), sigma, torch.cat([cond["neg_embeds"], cond["embeds"]]),
-                                   torch.cat([cond["neg_pooled"], cond["pooled"]]))
+                                   torch.cat([cond["neg_pooled"], cond["pooled"]]), layout)
             vu, vc = v.chunk(2)
             return vu + cfg * (vc - vu)
-        return self.pipe.velocity(x, sigma, cond["embeds"], cond["pooled"])
+        return self.pipe.velocity(x, sigma, cond["embeds"], cond["pooled"], layout)
 
     def fm_weight(self, sigma):
         """The generator predicts x0 and was trained on ||x0_hat - x0||^2 / max(sigma, floor)^2; the velocity error is
