@@ -39,7 +39,7 @@ def run_demo(out: str) -> int:
         print("  per-word loss: " + " ".join(f"{w.text}:{w.loss:.2f}" for w in r.words))
     diff = [(a.text, b.text, b.loss - a.loss) for a, b in zip(right_res.words, wrong_res.words) if a.text != b.text]
     if diff:
-        print("\nchanged words: " + ", ".join(f"{a!r} -> {b!r} (loss +{d:.2f})" for a, b, d in diff))
+        print("\nchanged words: " + ", ".join(f"{a!r} -> {b!r} (loss {d:+.2f} nats)" for a, b, d in diff))
     render_heatmap(right_res).save(os.path.join(out, "heatmap.png"))
     render_heatmap(wrong_res).save(os.path.join(out, "heatmap_wrong.png"))
     with open(os.path.join(out, "score.json"), "w", encoding="utf-8") as f:

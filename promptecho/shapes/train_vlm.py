@@ -286,9 +286,9 @@ def main(argv=None):
     ap.add_argument("--pad", type=int, default=PAD, help="black border (px) the processor adds around the scene")
     ap.add_argument("--device", default="cpu", help="torch device (the committed model is trained on CPU)")
     ap.add_argument("--layers", type=int, default=4, help="decoder layers")
-    ap.add_argument("--relation-boost", type=float, default=0.0,
+    ap.add_argument("--relation-boost", type=float, default=1.0,
                     help="sample a training scene with weight 1 + this x its number of relation sentences")
-    ap.add_argument("--focus", type=float, default=0.0,
+    ap.add_argument("--focus", type=float, default=10.0,
                     help="count the loss of relation and position words 1 + this many times (caption_loss)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
