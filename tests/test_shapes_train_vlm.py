@@ -2,6 +2,8 @@
 import json
 import math
 
+import re
+
 import numpy as np
 import torch
 from PIL import Image
@@ -131,6 +133,20 @@ def test_relation_boost_draws_scenes_in_proportion_to_their_relations():
     uniform = np.bincount([caps[a] for _, _, a in make_rows(random.Random(0), data, 6000, 0.0)], minlength=len(data))
     share = lambda c: c[n_rel > 0].sum() / c.sum()  # noqa: E731
     assert share(counts) > share(uniform) + 0.1
+
+
+def test_vertical_boost_weights_count_above_below_sentences_from_the_caption():
+    """The extra weight counts the above/below sentences as the caption states them (parsed back from the text,
+    independently of scene_description's relation objects)."""
+    from promptecho.shapes.train_vlm import relation_weights
+    from promptecho.shapes.world import sample_split
+
+    data = sample_split("train", 300, seed=4)
+    n_rel = np.array([len(re.findall(r" (?:to the left of|to the right of|above|below) the ", c)) for _, c in data])
+    n_ver = np.array([len(re.findall(r" (?:above|below) the ", c)) for _, c in data])
+    assert n_ver.max() >= 1 and (n_ver < n_rel).any()
+    w = np.diff([0.0, *relation_weights(data, 1.0, vertical=2.5)])
+    assert np.allclose(w, 1 + n_rel + 2.5 * n_ver)
 
 
 def test_layers_option_sets_the_decoder_depth(tmp_path):
