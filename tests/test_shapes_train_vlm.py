@@ -1,7 +1,6 @@
 """The ShapesWorld VLM training script: reproducible from a seed, saves a folder the engine loads, pads the scene."""
 import json
 import math
-
 import re
 
 import numpy as np
