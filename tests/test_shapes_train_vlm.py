@@ -159,9 +159,9 @@ def test_layers_option_sets_the_decoder_depth(tmp_path):
     assert meta["layers"] == 2 and meta["relation_boost"] == 1.0
 
 
-def test_focus_mask_marks_relation_and_position_words_and_caption_loss_weights_them():
-    """Batcher's focus mask covers exactly the tokens of the relation phrases and region words (decoded back); the
-    weighted loss equals a manual log-softmax computation, and focus 0 is the model's own labels loss."""
+def test_focus_mask_marks_relation_position_and_size_words_and_caption_loss_weights_them():
+    """Batcher's focus mask covers exactly the tokens of the relation phrases, region words and size words (decoded
+    back); the weighted loss equals a manual log-softmax computation, and focus 0 is the model's own labels loss."""
     from promptecho import DEFAULT_QUERY
     from promptecho.shapes.render import render
     from promptecho.shapes.train_vlm import Batcher, build_model_and_processor, build_tokenizer, caption_loss
@@ -175,7 +175,8 @@ def test_focus_mask_marks_relation_and_position_words_and_caption_loss_weights_t
         spans = atom_word_spans(cap)
         assert {cap[a:e] for a, e in spans["relation"]} <= {"to the left of", "to the right of", "above", "below"}
         assert len(spans["position"]) == len(scene_description(data[b][0]).positions)
-        for code, kind in ((1, "relation"), (2, "position")):
+        assert [cap[a:e] for a, e in spans["size"]] == [g.size for g in scene_description(data[b][0]).groups]
+        for code, kind in ((1, "relation"), (2, "position"), (3, "size")):
             got = tok.decode(batch["input_ids"][b][batch["focus"][b] == code]).split()
             want = " ".join(cap[s:e] for s, e in spans[kind]).split()
             assert got == want and want, (kind, got, want)
@@ -193,8 +194,34 @@ def test_focus_mask_marks_relation_and_position_words_and_caption_loss_weights_t
                 y = int(batch["labels"][b, t])
                 if y < 0:
                     continue
-                w = 1 + 4.0 * (int(batch["focus"][b, t]) > 0)
+                code = int(batch["focus"][b, t])
+                w = 1 + 4.0 * (code in (1, 2)) + 2.0 * (code == 3)
                 num += -float(logp[b, t - 1, y]) * w
                 den += 1
-        assert abs(float(caption_loss(model, batch, 4.0)) - num / den) < 1e-4
+        assert abs(float(caption_loss(model, batch, 4.0, focus_size=2.0)) - num / den) < 1e-4
         assert float(caption_loss(model, batch, 4.0)) > float(own)
+        assert float(caption_loss(model, batch, 0.0, focus_size=2.0)) > float(own)
+
+
+def test_relations_only_rows_drop_exactly_the_position_sentences():
+    """A relations-only caption parses back to the scene's groups and relations with no position atom, and
+    make_rows uses it for about the requested share of the caption rows of scenes with relations."""
+    import random
+
+    from promptecho.shapes.train_vlm import make_rows, relations_only_caption
+    from promptecho.shapes.world import atoms_from_caption, sample_split, scene_description
+
+    data = sample_split("train", 80, seed=5)
+    with_rel = [(sc, c) for sc, c in data if scene_description(sc).relations]
+    assert with_rel and len(with_rel) < len(data)
+    for sc, cap in with_rel:
+        full, short = atoms_from_caption(cap), atoms_from_caption(relations_only_caption(sc))
+        assert full.positions and not short.positions
+        assert sorted(map(repr, short.groups)) == sorted(map(repr, full.groups))
+        assert sorted(map(repr, short.relations)) == sorted(map(repr, full.relations))
+    assert all(relations_only_caption(sc) is None for sc, _ in data if not scene_description(sc).relations)
+    rows = make_rows(random.Random(0), with_rel, 2000, vqa_share=0.0, relations_only=0.3)
+    share = np.mean([not atoms_from_caption(a).positions for _, _, a in rows])
+    assert abs(share - 0.3) < 0.05, share
+    plain = make_rows(random.Random(0), with_rel, 200, vqa_share=0.0)
+    assert all(atoms_from_caption(a).positions for _, _, a in plain)

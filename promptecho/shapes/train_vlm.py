@@ -30,7 +30,7 @@ from .. import DEFAULT_QUERY, VQA_TEMPLATE
 from ..scoring import token_losses
 from . import default_vlm_path
 from .render import IMAGE_SIZE, render
-from .world import (COLORS, CORRUPTION_KINDS, GRID, SHAPES, SIZES, atom_word_spans, corrupt, describe,
+from .world import (COLORS, CORRUPTION_KINDS, GRID, SHAPES, SIZES, Description, atom_word_spans, corrupt, describe,
                     sample_split, scene_description)
 
 CHAT_TEMPLATE = (
@@ -95,12 +95,12 @@ def build_model_and_processor(tokenizer, seed: int, patch: int = PATCH, pad: int
     return model, proc
 
 
-FOCUS_KINDS = ("relation", "position")  # codes 1, 2 of Batcher's "focus" mask
+FOCUS_KINDS = ("relation", "position", "size")  # codes 1, 2, 3 of Batcher's "focus" mask
 
 
 class Batcher:
     """Turns (image, question, answer) triples into processor tensors with labels on the answer only, and a
-    "focus" mask marking the answer tokens of relation words (1) and position words (2)."""
+    "focus" mask marking the answer tokens of relation words (1), position words (2) and size words (3)."""
 
     def __init__(self, proc):
         from ..templates import TemplateBuilder
@@ -140,19 +140,20 @@ class Batcher:
         return batch
 
 
-def caption_loss(model, batch, focus: float) -> torch.Tensor:
-    """Mean next-token loss over the labelled tokens, relation and position words counted (1 + focus) times: they
-    are a few per cent of the caption tokens, yet the only ones a relation or position corruption changes.
-    focus 0 is the model's own `labels` loss."""
+def caption_loss(model, batch, focus: float, focus_size: float = 0.0) -> torch.Tensor:
+    """Mean next-token loss over the labelled tokens, relation and position words counted (1 + focus) times and
+    size words (1 + focus_size) times: they are a few per cent of the caption tokens, yet the only ones a relation,
+    position or size corruption changes. focus 0 and focus_size 0 is the model's own `labels` loss."""
     inputs = {k: v for k, v in batch.items() if k != "focus"}
-    if not focus:
+    if not focus and not focus_size:
         return model(**inputs).loss
     labels = inputs.pop("labels")[:, 1:]
     logits = model(**inputs).logits[:, :-1]
     valid = labels >= 0
     ce = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.clamp(min=0).flatten(),
                                            reduction="none").view_as(labels)
-    weight = 1 + focus * (batch["focus"][:, 1:] > 0).float()
+    code = batch["focus"][:, 1:]
+    weight = 1 + focus * ((code == 1) | (code == 2)).float() + focus_size * (code == 3).float()
     return (ce * weight)[valid].sum() / valid.sum()
 
 
@@ -167,8 +168,10 @@ def relation_weights(data, boost: float, vertical: float = 0.0) -> List[float]:
     return list(itertools.accumulate(weight(sc) for sc, _ in data))
 
 
-def make_rows(rng: random.Random, data, n: int, vqa_share: float, weights: Optional[List[float]] = None):
-    """n training rows; scenes drawn uniformly, or by the cumulative `weights` (relation_weights)."""
+def make_rows(rng: random.Random, data, n: int, vqa_share: float, weights: Optional[List[float]] = None,
+              relations_only: float = 0.0):
+    """n training rows; scenes drawn uniformly, or by the cumulative `weights` (relation_weights). A share
+    `relations_only` of the caption rows of scenes with relations leaves the position sentences out (relations_only_caption)."""
     rows = []
     picks = (rng.choices(range(len(data)), cum_weights=weights, k=n) if weights
              else [rng.randrange(len(data)) for _ in range(n)])
@@ -185,8 +188,20 @@ def make_rows(rng: random.Random, data, n: int, vqa_share: float, weights: Optio
                     bad = corrupt(d, rng.choice(CORRUPTION_KINDS), rng)
                 rows.append((img, VQA_TEMPLATE.format(prompt=describe(bad, scene.seed)), "No"))
         else:
+            if relations_only and rng.random() < relations_only:
+                cap = relations_only_caption(scene) or cap
             rows.append((img, DEFAULT_QUERY, cap))
     return rows
+
+
+def relations_only_caption(scene) -> Optional[str]:
+    """The scene's caption without its position sentences (None if it states no relation). In a full caption every
+    relation follows from the two objects' stated positions, so the relation words can be learned from the text
+    alone; without the positions they can only be read from the image."""
+    d = scene_description(scene)
+    if not d.relations:
+        return None
+    return describe(Description(d.groups, [], d.relations), scene.seed)
 
 
 CELL_CLASSES = {"colour": list(COLORS), "shape": list(SHAPES), "size": list(SIZES)}  # class 0 = empty cell
@@ -295,6 +310,11 @@ def main(argv=None):
                     help="sample a training scene with weight 1 + this x its number of relation sentences")
     ap.add_argument("--vertical-boost", type=float, default=0.0,
                     help="... plus this x its number of above/below relation sentences")
+    ap.add_argument("--focus-size", type=float, default=0.0,
+                    help="count the loss of size words 1 + this many times (caption_loss)")
+    ap.add_argument("--relations-only", type=float, default=0.0,
+                    help="share of caption rows (of scenes with relations) whose caption leaves the position sentences "
+                         "out, so relation words must be read from the image")
     ap.add_argument("--focus", type=float, default=10.0,
                     help="count the loss of relation and position words 1 + this many times (caption_loss)")
     args = ap.parse_args(argv)
@@ -334,8 +354,9 @@ def main(argv=None):
     model.train()
     ema = None
     for step in range(args.steps):
-        batch = batcher(make_rows(rng, data, args.batch_size, vqa_share=0.25, weights=weights)).to(args.device)
-        loss = caption_loss(model, batch, args.focus)
+        batch = batcher(make_rows(rng, data, args.batch_size, vqa_share=0.25, weights=weights,
+                                   relations_only=args.relations_only)).to(args.device)
+        loss = caption_loss(model, batch, args.focus, args.focus_size)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -355,7 +376,7 @@ def main(argv=None):
     with open(os.path.join(args.out, "training.json"), "w") as f:
         json.dump({"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                    "scenes": args.scenes, "patch": args.patch, "pad": args.pad,
-                   "vision_steps": args.vision_steps, "layers": args.layers, "relation_boost": args.relation_boost, "vertical_boost": args.vertical_boost, "focus": args.focus, "vision_lr": args.vision_lr, "vision_cell_accuracy": vision_acc, "params": n_params, "device": args.device, "threads": args.threads,
+                   "vision_steps": args.vision_steps, "layers": args.layers, "relation_boost": args.relation_boost, "vertical_boost": args.vertical_boost, "focus": args.focus, "focus_size": args.focus_size, "relations_only": args.relations_only, "vision_lr": args.vision_lr, "vision_cell_accuracy": vision_acc, "params": n_params, "device": args.device, "threads": args.threads,
                    "torch": torch.__version__, "seconds": round(time.time() - t0)}, f, indent=1)
     print(f"saved to {args.out} in {time.time() - t0:.0f}s", flush=True)
 

@@ -236,10 +236,11 @@ def atoms_from_caption(text: str) -> Description:
 
 def atom_word_spans(text: str) -> dict:
     """Character spans of the words that carry a relation ("to the left of", "above", ...) and an absolute
-    position ("top left", "center", ...) in a caption from `describe`: the few tokens a one-atom relation or
-    position corruption changes (the VLM trainer can weight them)."""
+    position ("top left", "center", ...) in a caption from `describe`, and its size words ("small", "large"): the
+    few tokens a one-atom relation, position or size corruption changes (the VLM trainer can weight them)."""
     return {"relation": [m.span(3) for m in _REL_RE.finditer(text)],
-            "position": [m.span(3) for m in _POS_RE.finditer(text)]}
+            "position": [m.span(3) for m in _POS_RE.finditer(text)],
+            "size": [m.span(2) for m in _NP_RE.finditer(text)]}
 
 
 # ----------------------------------------------------------------------------------- corruption
