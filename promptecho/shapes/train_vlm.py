@@ -152,8 +152,8 @@ def caption_loss(model, batch, focus: float, focus_size: float = 0.0) -> torch.T
     valid = labels >= 0
     ce = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.clamp(min=0).flatten(),
                                            reduction="none").view_as(labels)
-    code = batch["focus"][:, 1:]
-    weight = 1 + focus * ((code == 1) | (code == 2)).float() + focus_size * (code == 3).float()
+    extra = torch.tensor([0.0] + [focus_size if k == "size" else focus for k in FOCUS_KINDS], device=ce.device)
+    weight = 1 + extra[batch["focus"][:, 1:]]  # indexed by focus code (0 = other token)
     return (ce * weight)[valid].sum() / valid.sum()
 
 
@@ -171,7 +171,8 @@ def relation_weights(data, boost: float, vertical: float = 0.0) -> List[float]:
 def make_rows(rng: random.Random, data, n: int, vqa_share: float, weights: Optional[List[float]] = None,
               relations_only: float = 0.0):
     """n training rows; scenes drawn uniformly, or by the cumulative `weights` (relation_weights). A share
-    `relations_only` of the caption rows of scenes with relations leaves the position sentences out (relations_only_caption)."""
+    `relations_only` of the caption rows of scenes with relations leaves the position sentences out
+    (relations_only_caption)."""
     rows = []
     picks = (rng.choices(range(len(data)), cum_weights=weights, k=n) if weights
              else [rng.randrange(len(data)) for _ in range(n)])
@@ -272,7 +273,8 @@ class AttributeProbe:
         self.kind = {k: torch.tensor([w in v for w in words]).view_as(self.batch["input_ids"])
                      for k, v in ATTRIBUTE_WORDS.items()}
         focus = self.batch.pop("focus")
-        self.kind.update({k: focus == code for code, k in enumerate(FOCUS_KINDS, 1)})
+        # size keeps its word-set definition above (comparable with earlier logs); relation and position need the mask
+        self.kind.update({k: focus == code for code, k in enumerate(FOCUS_KINDS, 1) if k not in self.kind})
 
     @torch.no_grad()
     def __call__(self, model, device) -> dict:
