@@ -44,6 +44,28 @@ def test_corruption_changes_exactly_one_fact():
             assert atoms_from_caption(describe(c, i)).atoms == c.atoms
 
 
+def test_position_spans_cover_everything_a_position_corruption_changes():
+    """atom_word_spans: "region" gives the region words; "predicate" the rest of the position sentence, which holds
+    every character a one-position corruption changes (verb and preposition depend on the kind of region)."""
+    from promptecho.shapes.world import REGIONS, CountAtom, Description, PositionAtom, atom_word_spans
+
+    d = Description([CountAtom("red", "circle", "small", 1), CountAtom("blue", "square", "large", 1)],
+                    [PositionAtom("red", "circle", "top left"), PositionAtom("blue", "square", "bottom")], [])
+    for seed in range(8):
+        cap = describe(d, seed)
+        region = atom_word_spans(cap, "region")["position"]
+        assert [cap[a:b] for a, b in region] == ["top left", "bottom"]
+        pred = atom_word_spans(cap)["position"]
+        for (a, b), (ra, rb) in zip(pred, region):
+            assert a < ra and rb <= b and cap[b] == "." and cap[:a].endswith(("red circle ", "blue square "))
+        for other in set(REGIONS.values()) - {"top left"}:
+            bad = describe(Description(d.groups, [PositionAtom("red", "circle", other), d.positions[1]], []), seed)
+            (a, b) = pred[0]
+            assert bad.startswith(cap[:a]) and bad.endswith(cap[b:]), (cap, bad)  # only the predicate differs
+    with pytest.raises(ValueError, match="region"):
+        atom_word_spans(cap, "words")
+
+
 def test_render_is_deterministic_and_antialiased():
     s = sample_scene(random.Random(3), n_objects=3)
     a, b = np.asarray(render(s)), np.asarray(render(s))
