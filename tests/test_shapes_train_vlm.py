@@ -146,6 +146,11 @@ def test_vertical_boost_weights_count_above_below_sentences_from_the_caption():
     assert n_ver.max() >= 1 and (n_ver < n_rel).any()
     w = np.diff([0.0, *relation_weights(data, 1.0, vertical=2.5)])
     assert np.allclose(w, 1 + n_rel + 2.5 * n_ver)
+    # a repeated kind shows in the caption as a plural count ("two small red circles")
+    dup = np.array([bool(re.search(r"\b(?:two|three|four) (?:small|large) \w+ \w+s\b", c)) for _, c in data])
+    assert 0 < dup.sum() < len(data)
+    w = np.diff([0.0, *relation_weights(data, 1.0, vertical=2.5, duplicate=3.0)])
+    assert np.allclose(w, 1 + n_rel + 2.5 * n_ver + 3.0 * dup)
 
 
 def test_layers_option_sets_the_decoder_depth(tmp_path):

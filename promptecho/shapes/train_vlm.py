@@ -166,14 +166,17 @@ def focus_ramp(step: int, warmup: int) -> float:
     return 1.0 if warmup <= 0 else min(1.0, step / warmup)
 
 
-def relation_weights(data, boost: float, vertical: float = 0.0) -> List[float]:
-    """Cumulative sampling weights 1 + boost x (relation sentences) + vertical x (above/below sentences) per scene:
-    relation words are a few per cent of the caption tokens (boost is the lever that moved relation
-    discrimination most in one run, README), and above/below only occur when two objects share a column, about a
-    quarter of the relations, where discrimination stayed lowest."""
+def relation_weights(data, boost: float, vertical: float = 0.0, duplicate: float = 0.0) -> List[float]:
+    """Cumulative sampling weights 1 + boost x (relation sentences) + vertical x (above/below sentences)
+    + duplicate x (1 if the scene repeats an object kind) per scene: relation words are a few per cent of the caption
+    tokens (boost is the lever that moved relation discrimination most in one run, README), above/below only occur
+    when two objects share a column, about a quarter of the relations, where discrimination stayed lowest, and
+    position pairs failed almost only in scenes with a repeated kind ("two red circles and a blue square": 90.6 %
+    against 99.4 % without one, 600 held-out scenes, patch-16 VLM)."""
     def weight(scene):
-        rels = scene_description(scene).relations
-        return 1 + boost * len(rels) + vertical * sum(r.relation in ("above", "below") for r in rels)
+        d = scene_description(scene)
+        return (1 + boost * len(d.relations) + vertical * sum(r.relation in ("above", "below") for r in d.relations)
+                + duplicate * any(g.count > 1 for g in d.groups))
     return list(itertools.accumulate(weight(sc) for sc, _ in data))
 
 
@@ -321,6 +324,8 @@ def main(argv=None):
                     help="sample a training scene with weight 1 + this x its number of relation sentences")
     ap.add_argument("--vertical-boost", type=float, default=0.0,
                     help="... plus this x its number of above/below relation sentences")
+    ap.add_argument("--duplicate-boost", type=float, default=0.0,
+                    help="... plus this if the scene repeats an object kind (where position pairs fail)")
     ap.add_argument("--focus-size", type=float, default=0.0,
                     help="count the loss of size words 1 + this many times (caption_loss)")
     ap.add_argument("--relations-only", type=float, default=0.0,
@@ -340,8 +345,8 @@ def main(argv=None):
     corpus = [c for _, c in data[:20000]] + [DEFAULT_QUERY, VQA_TEMPLATE.format(prompt="x"), "Yes", "No"] * 50
     tok = build_tokenizer(corpus)
     model, proc = build_model_and_processor(tok, args.seed, args.patch, args.pad, args.layers)
-    weights = (relation_weights(data, args.relation_boost, args.vertical_boost)
-               if args.relation_boost or args.vertical_boost else None)
+    weights = (relation_weights(data, args.relation_boost, args.vertical_boost, args.duplicate_boost)
+               if args.relation_boost or args.vertical_boost or args.duplicate_boost else None)
     batcher = Batcher(proc, args.position_words)
     probe = AttributeProbe(batcher, seed=args.seed)
     model.to(args.device)
@@ -393,7 +398,7 @@ def main(argv=None):
     with open(os.path.join(args.out, "training.json"), "w") as f:
         json.dump({"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                    "scenes": args.scenes, "patch": args.patch, "pad": args.pad,
-                   "vision_steps": args.vision_steps, "layers": args.layers, "relation_boost": args.relation_boost, "vertical_boost": args.vertical_boost, "focus": args.focus, "focus_size": args.focus_size, "relations_only": args.relations_only, "position_words": args.position_words, "focus_warmup": args.focus_warmup, "vision_lr": args.vision_lr, "vision_cell_accuracy": vision_acc, "params": n_params, "device": args.device, "threads": args.threads,
+                   "vision_steps": args.vision_steps, "layers": args.layers, "relation_boost": args.relation_boost, "vertical_boost": args.vertical_boost, "duplicate_boost": args.duplicate_boost, "focus": args.focus, "focus_size": args.focus_size, "relations_only": args.relations_only, "position_words": args.position_words, "focus_warmup": args.focus_warmup, "vision_lr": args.vision_lr, "vision_cell_accuracy": vision_acc, "params": n_params, "device": args.device, "threads": args.threads,
                    "torch": torch.__version__, "seconds": round(time.time() - t0)}, f, indent=1)
     print(f"saved to {args.out} in {time.time() - t0:.0f}s", flush=True)
 
