@@ -15,7 +15,9 @@ def test_two_runs_with_one_seed_are_identical_and_load_through_the_engine(tmp_pa
     from promptecho.shapes.train_vlm import main
     from promptecho.vlm import load_vlm
 
-    args = ["--steps", "2", "--vision-steps", "3", "--batch-size", "4", "--scenes", "48", "--seed", "5", "--threads", "1"]
+    # patch 8 with the 4 px border (the default is patch 16 without one): the border is checked below
+    args = ["--steps", "2", "--vision-steps", "3", "--batch-size", "4", "--scenes", "48", "--seed", "5", "--threads", "1",
+            "--patch", "8", "--pad", "4"]
     main(args + ["--out", str(tmp_path / "a")])
     main(args + ["--out", str(tmp_path / "b")])
     wa, wb = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
@@ -83,6 +85,15 @@ def test_cell_tokens_hold_the_cell_centres():
 
     assert cell_token_index(56, 8).tolist() == [1 + 7 * y + x for y in (1, 3, 5) for x in (1, 3, 5)]
     assert cell_token_index(48, 8).tolist() == [1 + 6 * y + x for y in (1, 3, 5) for x in (1, 3, 5)]
+    # patch 16 without a border (the default): one patch per cell, in row-major order after CLS
+    assert cell_token_index(48, 16).tolist() == list(range(1, 10))
+
+
+def test_focus_ramp_rises_linearly_to_full_weight():
+    from promptecho.shapes.train_vlm import focus_ramp
+
+    assert [focus_ramp(s, 500) for s in (0, 125, 250, 499, 500, 2000)] == [0.0, 0.25, 0.5, 499 / 500, 1.0, 1.0]
+    assert focus_ramp(0, 0) == 1.0  # no warm-up: full weight from the first step
 
 
 def test_cell_labels_known_scene():

@@ -43,12 +43,13 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
 )
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<image>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
-PATCH = 8
-# The processor pads the 48 px scene with a black border of this width (centre crop larger than the image).
-# Object centres sit on the 16 px cell centres (8, 24, 40 px), which are corners of an 8 px patch grid, so
-# without the border every object is cut into four quarter-patches; with 4 px each small object lies inside
-# one patch, where the linear patch embedding sees its whole outline.
-PAD = 4
+# One 16 px patch per grid cell (3 x 3 image tokens), no border: each cell's object is one token, and relations and
+# positions are read far better than with 8 px patches (README: relation 89 -> 98 %, position 92 -> 96.5 %).
+PATCH = 16
+# A black border (px) the processor may put around the 48 px scene (centre crop larger than the image). With 8 px
+# patches the objects sit on the corners of four patches and a 4 px border puts each inside one; 16 px patches need
+# none.
+PAD = 0
 
 
 def build_tokenizer(corpus):
@@ -307,7 +308,7 @@ class AttributeProbe:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=default_vlm_path())
-    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--vision-steps", type=int, default=400, help="vision pre-training steps (0 = none)")
     ap.add_argument("--vision-lr", type=float, default=0.0,
                     help="learning rate of the vision tower in the caption stage (0 = frozen, as in LLaVA)")
@@ -326,7 +327,7 @@ def main(argv=None):
                     help="... plus this x its number of above/below relation sentences")
     ap.add_argument("--duplicate-boost", type=float, default=0.0,
                     help="... plus this if the scene repeats an object kind (where position pairs fail)")
-    ap.add_argument("--focus-size", type=float, default=0.0,
+    ap.add_argument("--focus-size", type=float, default=1.0,
                     help="count the loss of size words 1 + this many times (caption_loss)")
     ap.add_argument("--relations-only", type=float, default=0.0,
                     help="share of caption rows (of scenes with relations) whose caption leaves the position sentences "
@@ -334,7 +335,7 @@ def main(argv=None):
     ap.add_argument("--position-words", choices=["region", "predicate"], default="predicate",
                     help="which words of a position sentence --focus weights: the region words only ('top left'), "
                          "or the whole predicate ('sits in the top left corner of the image')")
-    ap.add_argument("--focus-warmup", type=int, default=0,
+    ap.add_argument("--focus-warmup", type=int, default=500,
                     help="raise --focus and --focus-size linearly from 0 over this many caption steps")
     ap.add_argument("--focus", type=float, default=10.0,
                     help="count the loss of relation and position words 1 + this many times (caption_loss)")
