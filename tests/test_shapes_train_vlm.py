@@ -31,6 +31,9 @@ def test_two_runs_with_one_seed_are_identical_and_load_through_the_engine(tmp_pa
     assert any(not torch.equal(wa[k], wc[k]) for k in wa if k not in tower)
     meta = json.loads((tmp_path / "a" / "training.json").read_text())
     assert meta["seed"] == 5 and meta["pad"] == 4 and meta["vision_steps"] == 3
+    # every option is recorded, defaults included (the command that made the folder)
+    assert meta["focus_warmup"] == 500 and meta["position_words"] == "predicate" and meta["duplicate_boost"] == 0.0
+    assert "out" not in meta
     assert set(meta["vision_cell_accuracy"]) == {"colour", "shape", "size"}
 
     vlm = load_vlm(str(tmp_path / "a"), dtype="fp32", device="cpu")

@@ -397,10 +397,9 @@ def main(argv=None):
     model.save_pretrained(args.out, safe_serialization=True)
     proc.save_pretrained(args.out)
     with open(os.path.join(args.out, "training.json"), "w") as f:
-        json.dump({"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-                   "scenes": args.scenes, "patch": args.patch, "pad": args.pad,
-                   "vision_steps": args.vision_steps, "layers": args.layers, "relation_boost": args.relation_boost, "vertical_boost": args.vertical_boost, "duplicate_boost": args.duplicate_boost, "focus": args.focus, "focus_size": args.focus_size, "relations_only": args.relations_only, "position_words": args.position_words, "focus_warmup": args.focus_warmup, "vision_lr": args.vision_lr, "vision_cell_accuracy": vision_acc, "params": n_params, "device": args.device, "threads": args.threads,
-                   "torch": torch.__version__, "seconds": round(time.time() - t0)}, f, indent=1)
+        # every option (the command that made the folder), then what the run measured
+        json.dump({**{k: v for k, v in vars(args).items() if k != "out"}, "vision_cell_accuracy": vision_acc,
+                   "params": n_params, "torch": torch.__version__, "seconds": round(time.time() - t0)}, f, indent=1)
     print(f"saved to {args.out} in {time.time() - t0:.0f}s", flush=True)
 
 
