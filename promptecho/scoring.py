@@ -20,11 +20,16 @@ def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return -logp.gather(-1, targets.unsqueeze(-1).long()).squeeze(-1)
 
 
-def yes_no_probs(logits: torch.Tensor, yes_ids: Sequence[int], no_ids: Sequence[int]) -> Tuple[float, float]:
-    """P(yes) and P(no) from one next-token logit vector [V]: each the total probability of its variants."""
+def yes_no_tensor(logits: torch.Tensor, yes_ids: Sequence[int], no_ids: Sequence[int]) -> torch.Tensor:
+    """[P(yes), P(no)] on the logits' device from one next-token logit vector [V]: each the total probability of
+    its variants (a tensor, so a batch of rows reaches the host in one copy)."""
     logp = torch.log_softmax(logits.float(), dim=-1)
-    p_yes = torch.logsumexp(logp[list(yes_ids)], dim=0).exp().item()
-    p_no = torch.logsumexp(logp[list(no_ids)], dim=0).exp().item()
+    return torch.stack([torch.logsumexp(logp[list(ids)], dim=0) for ids in (yes_ids, no_ids)]).exp()
+
+
+def yes_no_probs(logits: torch.Tensor, yes_ids: Sequence[int], no_ids: Sequence[int]) -> Tuple[float, float]:
+    """P(yes) and P(no) as floats (yes_no_tensor)."""
+    p_yes, p_no = yes_no_tensor(logits, yes_ids, no_ids).tolist()
     return p_yes, p_no
 
 

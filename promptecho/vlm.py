@@ -22,7 +22,7 @@ from . import DEFAULT_QUERY, VQA_TEMPLATE
 from .images import to_pil_list
 from .results import RerankResult, ScoreResult, VQAResult
 from .scoring import (answer_token_range, left_or_right_positions, reduce_losses, rerank_order, token_losses,
-                      token_spans, window_index, word_scores, yes_no_probs)
+                      token_spans, window_index, word_scores, yes_no_tensor)
 from .templates import RowText, TemplateBuilder, TemplateError
 
 __all__ = ["VLM", "VLMLoadError", "ScoreInputError", "load_vlm", "clear_cache"]
@@ -564,13 +564,18 @@ class VLM:
             else:  # fallback: full logits, sliced before the fp32 log-softmax
                 full = self.model(**inputs).logits
                 logits = torch.take_along_dim(full, keep[..., None], dim=1)
-        for k, r in enumerate(rows):
+        # every row's numbers stay on the device and reach the host in one copy: one sync per batch, not per row
+        width = max(1, max(len(t) for t in targets))
+        padded = torch.tensor([t + [0] * (width - len(t)) for t in targets], device=logits.device)
+        out = [token_losses(logits[k, :len(targets[k])], padded[k, :len(targets[k])]) if r.kind == "score"
+               else yes_no_tensor(logits[k, 0], r.yes_ids, r.no_ids) for k, r in enumerate(rows)]
+        flat, at = torch.cat(out).cpu().tolist(), 0
+        for r, o in zip(rows, out):
+            values, at = flat[at:at + len(o)], at + len(o)
             if r.kind == "score":
-                t = torch.tensor(targets[k], device=logits.device)
-                losses = token_losses(logits[k, :len(t)], t).cpu().tolist()
-                r.losses = losses
+                r.losses = values
             else:
-                r.p = yes_no_probs(logits[k, 0], r.yes_ids, r.no_ids)
+                r.p = tuple(values)
 
     # ------------------------------------------------------------------ results
     def _score_result(self, r: _Row, reduction: str, include_end_token: bool) -> ScoreResult:
