@@ -244,3 +244,76 @@ def test_relations_only_rows_drop_exactly_the_position_sentences():
     assert abs(share - 0.3) < 0.05, share
     plain = make_rows(random.Random(0), with_rel, 200, vqa_share=0.0)
     assert all(atoms_from_caption(a).positions for _, _, a in plain)
+
+
+def test_position_pairs_move_exactly_one_position_and_hard_ones_land_on_another_object():
+    """Each pair is the scene's own caption and a caption that parses back to the same atoms except one position;
+    with hard=1 the moved object lands on a cell another object holds (when the scene has one), with hard=0 on
+    empty cells too."""
+    import random
+
+    from promptecho.shapes.render import render
+    from promptecho.shapes.train_vlm import position_pairs
+    from promptecho.shapes.world import REGIONS, atoms_from_caption, sample_split
+
+    data = sample_split("train", 300, seed=4)
+    scenes_of = {}
+    for sc, c in data:  # a caption may describe several scenes (jitter inside the cells differs)
+        scenes_of.setdefault(c, []).append(sc)
+    landed = {}
+    for hard in (1.0, 0.0):
+        landed[hard] = []
+        for img, cap, bad in position_pairs(random.Random(1), data, 150, hard=hard):
+            sc = [s for s in scenes_of[cap] if np.array_equal(np.asarray(img), np.asarray(render(s)))][0]
+            t, b = atoms_from_caption(cap), atoms_from_caption(bad)
+            assert sorted(map(repr, t.groups)) == sorted(map(repr, b.groups))
+            assert sorted(map(repr, t.relations)) == sorted(map(repr, b.relations))
+            moved = [p for p in b.positions if p not in t.positions]
+            assert len(moved) == 1 and len(b.positions) == len(t.positions)
+            old = [p for p in t.positions if (p.color, p.shape) == (moved[0].color, moved[0].shape)][0]
+            assert moved[0].region != old.region
+            others = {REGIONS[(o.row, o.col)] for o in sc.objects} - {old.region}
+            if others:
+                landed[hard].append(moved[0].region in others)
+    assert landed[1.0] and all(landed[1.0])
+    assert 0 < np.mean(landed[0.0]) < 0.6  # uniform over the 8 other regions: occupied ones only now and then
+
+
+def test_caption_loss_with_position_pairs_adds_the_pairwise_logistic_term():
+    """With K pairs at the end of the batch, the loss is the focus-weighted mean over every row but the K corrupted
+    ones, plus contrast x mean softplus(sum CE true - sum CE corrupted), checked against a manual log-softmax."""
+    import random
+
+    from promptecho import DEFAULT_QUERY
+    from promptecho.shapes.train_vlm import (Batcher, build_model_and_processor, build_tokenizer, caption_loss,
+                                             position_pairs)
+    from promptecho.shapes.world import sample_split
+
+    data = sample_split("train", 60, seed=3)
+    tok = build_tokenizer([c for _, c in sample_split("train", 200, seed=0)])
+    model, proc = build_model_and_processor(tok, seed=0)
+    trios = position_pairs(random.Random(0), data, 2)
+    rows = [(trios[0][0], "Q?", "Yes")] + [(i, DEFAULT_QUERY, c) for i, c, _ in trios] + [
+        (i, DEFAULT_QUERY, b) for i, _, b in trios]
+    batch = Batcher(proc)(rows)
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch.items() if k not in ("focus", "labels")}).logits.float()
+        logp = torch.log_softmax(logits, -1)
+        sums, num, den = [], 0.0, 0
+        for b in range(logits.shape[0]):
+            s = 0.0
+            for t in range(1, logits.shape[1]):
+                y = int(batch["labels"][b, t])
+                if y < 0:
+                    continue
+                ce = -float(logp[b, t - 1, y])
+                s += ce
+                if b < 3:
+                    num += ce * (1 + 4.0 * (int(batch["focus"][b, t]) > 0))
+                    den += 1
+            sums.append(s)
+        pair = np.mean([math.log1p(math.exp(sums[1 + i] - sums[3 + i])) for i in range(2)])
+        got = float(caption_loss(model, batch, 4.0, focus_size=4.0, pairs=2, contrast=2.5))
+        assert abs(got - (num / den + 2.5 * pair)) < 1e-4
+        # contrast 0 keeps only the mean over the non-corrupted rows
+        assert abs(float(caption_loss(model, batch, 4.0, focus_size=4.0, pairs=2)) - num / den) < 1e-4
