@@ -317,3 +317,20 @@ def test_caption_loss_with_position_pairs_adds_the_pairwise_logistic_term():
         assert abs(got - (num / den + 2.5 * pair)) < 1e-4
         # contrast 0 keeps only the mean over the non-corrupted rows
         assert abs(float(caption_loss(model, batch, 4.0, focus_size=4.0, pairs=2)) - num / den) < 1e-4
+
+
+def test_position_contrast_changes_training_only_from_contrast_start(tmp_path):
+    """Before --contrast-start the run is the plain run bit for bit (no pairs drawn, same batches); starting at
+    step 0 (no ramp) it differs."""
+    from promptecho.shapes.train_vlm import main
+
+    args = ["--steps", "2", "--vision-steps", "1", "--batch-size", "4", "--scenes", "48", "--seed", "2", "--threads", "1",
+            "--focus-warmup", "0", "--contrast-pairs", "2"]
+    main(args + ["--out", str(tmp_path / "plain")])
+    main(args + ["--position-contrast", "1", "--contrast-start", "2", "--out", str(tmp_path / "late")])
+    main(args + ["--position-contrast", "1", "--out", str(tmp_path / "on")])
+    w = {k: load_file(str(tmp_path / k / "model.safetensors")) for k in ("plain", "late", "on")}
+    assert all(torch.equal(w["plain"][k], w["late"][k]) for k in w["plain"])
+    assert not all(torch.equal(w["plain"][k], w["on"][k]) for k in w["plain"])
+    meta = json.loads((tmp_path / "late" / "training.json").read_text())
+    assert meta["position_contrast"] == 1.0 and meta["contrast_start"] == 2

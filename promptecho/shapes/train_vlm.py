@@ -374,6 +374,9 @@ def main(argv=None):
     ap.add_argument("--position-contrast", type=float, default=0.0,
                     help="weight of a pairwise loss that ranks each true caption above the same caption with one "
                          "position moved (caption_loss; ramps with --focus-warmup; 0 = off)")
+    ap.add_argument("--contrast-start", type=int, default=0,
+                    help="caption step where --position-contrast starts (then ramps over --focus-warmup steps); "
+                         "measured, from step 0 it starved the colour and shape words")
     ap.add_argument("--contrast-pairs", type=int, default=8,
                     help="pairs per step for --position-contrast, taken out of --batch-size's caption rows")
     ap.add_argument("--contrast-hard", type=float, default=0.5,
@@ -417,7 +420,9 @@ def main(argv=None):
     model.train()
     ema = None
     for step in range(args.steps):
-        k = args.contrast_pairs if args.position_contrast else 0
+        contrast = args.position_contrast * (focus_ramp(step - args.contrast_start, args.focus_warmup)
+                                             if step >= args.contrast_start else 0.0)
+        k = args.contrast_pairs if contrast else 0
         rows = make_rows(rng, data, args.batch_size - k, vqa_share=0.25, weights=weights,
                          relations_only=args.relations_only)
         if k:
@@ -426,7 +431,7 @@ def main(argv=None):
                                                                              for img, _, bad in trios]
         batch = batcher(rows).to(args.device)
         ramp = focus_ramp(step, args.focus_warmup)
-        loss = caption_loss(model, batch, args.focus * ramp, args.focus_size * ramp, k, args.position_contrast * ramp)
+        loss = caption_loss(model, batch, args.focus * ramp, args.focus_size * ramp, k, contrast)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
