@@ -167,13 +167,20 @@ def test_vertical_boost_weights_count_above_below_sentences_from_the_caption():
     assert np.allclose(w, 1 + n_rel + 2.5 * n_ver + 3.0 * dup)
 
 
-def test_layers_option_sets_the_decoder_depth(tmp_path):
-    from promptecho.shapes.train_vlm import main
+def test_layers_and_hidden_options_set_the_decoder_shape(tmp_path):
+    import pytest
+
+    from promptecho.shapes.train_vlm import build_model_and_processor, build_tokenizer, main
 
     main(["--steps", "1", "--vision-steps", "0", "--batch-size", "2", "--scenes", "16", "--threads", "1",
-          "--layers", "2", "--relation-boost", "1", "--out", str(tmp_path / "m")])
+          "--layers", "2", "--hidden", "160", "--relation-boost", "1", "--out", str(tmp_path / "m")])
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert cfg["text_config"]["num_hidden_layers"] == 2
+    # 32-wide heads: 160 = 5 heads, MLP 3x wide
+    assert (cfg["text_config"]["hidden_size"], cfg["text_config"]["num_attention_heads"],
+            cfg["text_config"]["intermediate_size"]) == (160, 5, 480)
+    with pytest.raises(ValueError, match="multiple of the head size"):
+        build_model_and_processor(build_tokenizer(["a red circle"] * 4), seed=0, hidden=100)
     meta = json.loads((tmp_path / "m" / "training.json").read_text())
     assert meta["layers"] == 2 and meta["relation_boost"] == 1.0
 

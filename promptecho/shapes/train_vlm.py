@@ -69,7 +69,8 @@ def build_tokenizer(corpus):
                                    model_max_length=512)
 
 
-def build_model_and_processor(tokenizer, seed: int, patch: int = PATCH, pad: int = PAD, layers: int = 4):
+def build_model_and_processor(tokenizer, seed: int, patch: int = PATCH, pad: int = PAD, layers: int = 4,
+                              hidden: int = 128):
     from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
@@ -78,11 +79,14 @@ def build_model_and_processor(tokenizer, seed: int, patch: int = PATCH, pad: int
     side = IMAGE_SIZE + 2 * pad
     if side % patch:
         raise ValueError(f"image size {IMAGE_SIZE} + 2 * pad {pad} is not a multiple of patch {patch}")
+    if hidden % 32:
+        raise ValueError(f"decoder hidden size {hidden} is not a multiple of the head size 32")
     cfg = LlavaConfig(
         vision_config=dict(model_type="clip_vision_model", hidden_size=96, intermediate_size=256, num_hidden_layers=3,
                            num_attention_heads=4, image_size=side, patch_size=patch, projection_dim=96),
-        text_config=dict(model_type="llama", vocab_size=vocab, hidden_size=128, intermediate_size=384,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4, head_dim=32,
+        text_config=dict(model_type="llama", vocab_size=vocab, hidden_size=hidden, intermediate_size=3 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=hidden // 32, num_key_value_heads=hidden // 32,
+                         head_dim=32,
                          max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.convert_tokens_to_ids("<|end|>"), pad_token_id=tokenizer.pad_token_id,
                          tie_word_embeddings=True),
@@ -355,6 +359,7 @@ def main(argv=None):
     ap.add_argument("--pad", type=int, default=PAD, help="black border (px) the processor adds around the scene")
     ap.add_argument("--device", default="cpu", help="torch device (the committed model is trained on CPU)")
     ap.add_argument("--layers", type=int, default=4, help="decoder layers")
+    ap.add_argument("--hidden", type=int, default=128, help="decoder hidden size (a multiple of the 32-wide heads)")
     ap.add_argument("--relation-boost", type=float, default=1.0,
                     help="sample a training scene with weight 1 + this x its number of relation sentences")
     ap.add_argument("--vertical-boost", type=float, default=0.0,
@@ -389,7 +394,7 @@ def main(argv=None):
     data = sample_split("train", args.scenes, seed=args.seed)
     corpus = [c for _, c in data[:20000]] + [DEFAULT_QUERY, VQA_TEMPLATE.format(prompt="x"), "Yes", "No"] * 50
     tok = build_tokenizer(corpus)
-    model, proc = build_model_and_processor(tok, args.seed, args.patch, args.pad, args.layers)
+    model, proc = build_model_and_processor(tok, args.seed, args.patch, args.pad, args.layers, args.hidden)
     weights = (relation_weights(data, args.relation_boost, args.vertical_boost, args.duplicate_boost)
                if args.relation_boost or args.vertical_boost or args.duplicate_boost else None)
     batcher = Batcher(proc, args.position_words)
