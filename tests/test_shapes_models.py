@@ -121,6 +121,22 @@ def test_eval_quick_runs(capsys):
         # selecting by reward can only pick among the candidates: its accuracy is bounded by the best candidate
         for row in bon["table"].values():
             assert 0.0 <= row["promptecho"]["accuracy"] <= 1.0
+    for v in disc.values():  # the printed interval brackets the printed rate
+        lo, hi = v["promptecho_ci95"]
+        assert lo <= v["promptecho"] <= hi
+    assert "(95 % interval)" in out
+
+
+def test_wilson_interval_known_answers():
+    from promptecho.shapes.eval import wilson_interval
+    # 81 of 100: the textbook Wilson 95 % interval
+    assert wilson_interval(81, 100) == pytest.approx((0.7222, 0.8749), abs=1e-4)
+    lo, hi = wilson_interval(0, 20)  # no wins: the interval starts at 0 and is not empty
+    assert lo == pytest.approx(0.0, abs=1e-12) and hi == pytest.approx(3.8416 / 23.8416)
+    # symmetric around 1/2, and narrower with more pairs
+    assert sum(wilson_interval(50, 100)) == pytest.approx(1.0)
+    assert np.diff(wilson_interval(830, 860)) < np.diff(wilson_interval(83, 86))
+    assert all(np.isnan(wilson_interval(0, 0)))
 
 
 def test_spearman_matches_definition():

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -47,6 +48,17 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def wilson_interval(wins: int, n: int, z: float = 1.96) -> Tuple[float, float]:
+    """95 % Wilson score interval of a win rate: how far the share could move with another set of scenes (one
+    model's position figure moved 96.5 -> 97.1 % between two 1000-scene sets)."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = wins / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
 def discrimination(vlm, n_scenes: int, seed: int, batch_size: int = 64) -> Dict[str, Dict[str, float]]:
     """Per corruption kind: share of pairs where the true caption scores strictly higher."""
     rng = random.Random(f"disc-{seed}")
@@ -67,8 +79,9 @@ def discrimination(vlm, n_scenes: int, seed: int, batch_size: int = 64) -> Dict[
     out: Dict[str, Dict[str, float]] = {}
     for kind in CORRUPTION_KINDS:
         ks = [p for p in pairs if p[1] == kind]
-        out[kind] = {"pairs": len(ks),
-                     "promptecho": float(np.mean([pe[(i, "true")] > pe[p] for p in ks for i in [p[0]]])),
+        wins = sum(pe[(p[0], "true")] > pe[p] for p in ks)
+        out[kind] = {"pairs": len(ks), "promptecho": wins / len(ks) if ks else float("nan"),
+                     "promptecho_ci95": list(wilson_interval(wins, len(ks))),
                      "vqascore": float(np.mean([vq[(i, "true")] > vq[p] for p in ks for i in [p[0]]]))}
     return out
 
@@ -141,9 +154,11 @@ def format_layout(lay: dict) -> str:
 
 def format_report(disc: dict, bon: dict = None) -> str:
     lines = ["1. Reward discrimination (true caption beats one-atom corruption, held-out scenes)",
-             f"   {'corruption':<11} {'pairs':>6} {'PromptEcho':>11} {'VQAScore':>9}"]
+             f"   {'corruption':<11} {'pairs':>6} {'PromptEcho':>11} {'(95 % interval)':>16} {'VQAScore':>9}"]
     for k, v in disc.items():
-        lines.append(f"   {k:<11} {v['pairs']:>6} {100 * v['promptecho']:>10.1f}% {100 * v['vqascore']:>8.1f}%")
+        lo, hi = v.get("promptecho_ci95", (float("nan"), float("nan")))
+        lines.append(f"   {k:<11} {v['pairs']:>6} {100 * v['promptecho']:>10.1f}% {f'({100 * lo:.1f}-{100 * hi:.1f})':>16} "
+                     f"{100 * v['vqascore']:>8.1f}%")
     if bon is None:
         lines.append("\n2-3. generator not available: best-of-N and rank correlation skipped")
         return "\n".join(lines)
