@@ -43,12 +43,13 @@ eval: venv
 	$(PY) -m promptecho.shapes.eval
 
 # ShapesWorld RL proof (README table): PromptEcho-rewarded AWM and Flow-GRPO, VQAScore-rewarded baseline, the three
-# in parallel on one thread each, 30 minutes of training each (about 35 minutes in all on 2 cores)
+# in parallel on one thread each, 30 minutes of training each (about 35 minutes in all on 2 cores). AWM at lr 2e-4:
+# at the preset's 5e-4 it diverged after ~300 steps (README)
 PROOF = $(PY) -m promptecho.grpo.shapes_proof --minutes 30 --max-steps 100000 --threads 1
 proof: venv
-	$(PROOF) --algorithm awm --reward promptecho --out out/proof/awm-promptecho & \
+	$(PROOF) --algorithm awm --lr 2e-4 --reward promptecho --out out/proof/awm-promptecho & \
 	$(PROOF) --algorithm grpo --reward promptecho --out out/proof/grpo-promptecho & \
-	$(PROOF) --algorithm awm --reward vqascore --out out/proof/awm-vqascore & \
+	$(PROOF) --algorithm awm --lr 2e-4 --reward vqascore --out out/proof/awm-vqascore & \
 	wait
 	$(PY) -m promptecho.grpo.shapes_proof --table out/proof/*/proof.json
 
