@@ -27,12 +27,6 @@ def yes_no_tensor(logits: torch.Tensor, yes_ids: Sequence[int], no_ids: Sequence
     return torch.stack([torch.logsumexp(logp[list(ids)], dim=0) for ids in (yes_ids, no_ids)]).exp()
 
 
-def yes_no_probs(logits: torch.Tensor, yes_ids: Sequence[int], no_ids: Sequence[int]) -> Tuple[float, float]:
-    """P(yes) and P(no) as floats (yes_no_tensor)."""
-    p_yes, p_no = yes_no_tensor(logits, yes_ids, no_ids).tolist()
-    return p_yes, p_no
-
-
 def answer_token_range(offsets: Sequence[Span], start: int, end: int) -> Tuple[int, int]:
     """Indices [i0, i1) of the tokens covering characters [start, end) of the tokenized text.
 

@@ -569,13 +569,12 @@ class VLM:
         padded = torch.tensor([t + [0] * (width - len(t)) for t in targets], device=logits.device)
         out = [token_losses(logits[k, :len(targets[k])], padded[k, :len(targets[k])]) if r.kind == "score"
                else yes_no_tensor(logits[k, 0], r.yes_ids, r.no_ids) for k, r in enumerate(rows)]
-        flat, at = torch.cat(out).cpu().tolist(), 0
-        for r, o in zip(rows, out):
-            values, at = flat[at:at + len(o)], at + len(o)
+        host = torch.cat(out).cpu().split([len(o) for o in out])
+        for r, values in zip(rows, host):
             if r.kind == "score":
-                r.losses = values
+                r.losses = values.tolist()
             else:
-                r.p = tuple(values)
+                r.p = tuple(values.tolist())
 
     # ------------------------------------------------------------------ results
     def _score_result(self, r: _Row, reduction: str, include_end_token: bool) -> ScoreResult:

@@ -7,7 +7,7 @@ import torch
 from fixtures.engine import random_image, tiny_dir, tiny_vlm  # noqa: F401 (fixtures)
 from promptecho import DEFAULT_QUERY
 from promptecho.scoring import (answer_token_range, display_pieces, reduce_losses, rerank_order, token_losses, token_spans,
-                                window_index, word_scores, yes_no_probs)
+                                window_index, word_scores, yes_no_tensor)
 from promptecho.vlm import ScoreInputError
 
 UNICODE_PROMPT = "café 東京 🚀 naïve  crème-brûlée, Ünïcödé ✓"
@@ -26,7 +26,7 @@ def test_token_losses_equal_full_log_softmax_in_fp32():
 
 def test_yes_no_probs_sum_variants():
     logits = torch.log(torch.tensor([0.1, 0.2, 0.3, 0.4]))
-    p_yes, p_no = yes_no_probs(logits, [0, 2], [3])
+    p_yes, p_no = yes_no_tensor(logits, [0, 2], [3]).tolist()
     assert p_yes == pytest.approx(0.4) and p_no == pytest.approx(0.4)
 
 

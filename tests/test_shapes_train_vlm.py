@@ -97,6 +97,7 @@ def test_focus_ramp_rises_linearly_to_full_weight():
 
     assert [focus_ramp(s, 500) for s in (0, 125, 250, 499, 500, 2000)] == [0.0, 0.25, 0.5, 499 / 500, 1.0, 1.0]
     assert focus_ramp(0, 0) == 1.0  # no warm-up: full weight from the first step
+    assert focus_ramp(-1, 500) == 0.0 and focus_ramp(-1, 0) == 0.0  # a term that has not started yet
 
 
 def test_cell_labels_known_scene():

@@ -79,10 +79,12 @@ def discrimination(vlm, n_scenes: int, seed: int, batch_size: int = 64) -> Dict[
     out: Dict[str, Dict[str, float]] = {}
     for kind in CORRUPTION_KINDS:
         ks = [p for p in pairs if p[1] == kind]
-        wins = sum(pe[(p[0], "true")] > pe[p] for p in ks)
-        out[kind] = {"pairs": len(ks), "promptecho": wins / len(ks) if ks else float("nan"),
-                     "promptecho_ci95": list(wilson_interval(wins, len(ks))),
-                     "vqascore": float(np.mean([vq[(i, "true")] > vq[p] for p in ks for i in [p[0]]]))}
+        n = len(ks)
+        pe_wins = sum(pe[(p[0], "true")] > pe[p] for p in ks)
+        vq_wins = sum(vq[(p[0], "true")] > vq[p] for p in ks)
+        out[kind] = {"pairs": n, "promptecho": pe_wins / n if n else float("nan"),
+                     "promptecho_ci95": list(wilson_interval(pe_wins, n)),
+                     "vqascore": vq_wins / n if n else float("nan")}
     return out
 
 
@@ -156,7 +158,7 @@ def format_report(disc: dict, bon: dict = None) -> str:
     lines = ["1. Reward discrimination (true caption beats one-atom corruption, held-out scenes)",
              f"   {'corruption':<11} {'pairs':>6} {'PromptEcho':>11} {'(95 % interval)':>16} {'VQAScore':>9}"]
     for k, v in disc.items():
-        lo, hi = v.get("promptecho_ci95", (float("nan"), float("nan")))
+        lo, hi = v["promptecho_ci95"]
         lines.append(f"   {k:<11} {v['pairs']:>6} {100 * v['promptecho']:>10.1f}% {f'({100 * lo:.1f}-{100 * hi:.1f})':>16} "
                      f"{100 * v['vqascore']:>8.1f}%")
     if bon is None:

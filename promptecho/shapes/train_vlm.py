@@ -201,7 +201,10 @@ def position_pairs(rng: random.Random, data, k: int, hard: float = 0.5):
 def focus_ramp(step: int, warmup: int) -> float:
     """Share of the focus weights used at a caption step. Why: with one token per grid cell (patch 16) the decoder
     first has to learn to read colours and shapes from the image; measured, when heavily weighted position or size
-    words dominated the loss from step 0, colour (or shape) words stayed at ln(#choices) for the whole run."""
+    words dominated the loss from step 0, colour (or shape) words stayed at ln(#choices) for the whole run.
+    Steps before 0 (a term that starts later, e.g. --contrast-start) get 0."""
+    if step < 0:
+        return 0.0
     return 1.0 if warmup <= 0 else min(1.0, step / warmup)
 
 
@@ -425,8 +428,7 @@ def main(argv=None):
     model.train()
     ema = None
     for step in range(args.steps):
-        contrast = args.position_contrast * (focus_ramp(step - args.contrast_start, args.focus_warmup)
-                                             if step >= args.contrast_start else 0.0)
+        contrast = args.position_contrast * focus_ramp(step - args.contrast_start, args.focus_warmup)
         k = args.contrast_pairs if contrast else 0
         rows = make_rows(rng, data, args.batch_size - k, vqa_share=0.25, weights=weights,
                          relations_only=args.relations_only)
