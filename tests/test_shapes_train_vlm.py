@@ -342,3 +342,28 @@ def test_position_contrast_changes_training_only_from_contrast_start(tmp_path):
     assert not all(torch.equal(w["plain"][k], w["on"][k]) for k in w["plain"])
     meta = json.loads((tmp_path / "late" / "training.json").read_text())
     assert meta["position_contrast"] == 1.0 and meta["contrast_start"] == 2
+
+
+def test_grounding_rows_place_every_object_repeated_kinds_included():
+    """grounding_answer parses back to one position per object, in scene order, at the object's own cell (a repeated
+    kind once per copy); make_rows asks it for about the requested share of caption rows, and share 0 draws exactly
+    the rows it drew before the option existed (same rng stream)."""
+    import random
+
+    from promptecho.shapes.train_vlm import GROUNDING_QUERY, grounding_answer, make_rows
+    from promptecho.shapes.world import REGIONS, parse_positions, sample_split
+
+    data = sample_split("train", 120, seed=3)
+    repeated = 0
+    for sc, _ in data:
+        got = [(p.color, p.shape, p.region) for p in parse_positions(grounding_answer(sc))]
+        assert got == [(o.color, o.shape, REGIONS[(o.row, o.col)]) for o in sc.objects]
+        repeated += len({(o.color, o.shape) for o in sc.objects}) < len(sc.objects)
+    assert repeated  # the case the task exists for is in the sample
+    rows = make_rows(random.Random(0), data, 2000, vqa_share=0.2, grounding=0.25)
+    questions = [q for _, q, _ in rows]
+    share = questions.count(GROUNDING_QUERY) / sum(not q.startswith("Does") for q in questions)
+    assert abs(share - 0.25) < 0.04, share
+    plain = make_rows(random.Random(1), data, 50, vqa_share=0.2)
+    same = make_rows(random.Random(1), data, 50, vqa_share=0.2, grounding=0.0)
+    assert [r[1:] for r in plain] == [r[1:] for r in same] and GROUNDING_QUERY not in [q for _, q, _ in plain]

@@ -31,8 +31,8 @@ from .. import DEFAULT_QUERY, VQA_TEMPLATE
 from ..scoring import token_losses
 from . import default_vlm_path
 from .render import IMAGE_SIZE, render
-from .world import (COLORS, CORRUPTION_KINDS, GRID, REGION_CELL, REGIONS, SHAPES, SIZES, Description, atom_word_spans,
-                    corrupt, describe, sample_split, scene_description)
+from .world import (COLORS, CORRUPTION_KINDS, GRID, REGION_CELL, REGIONS, SHAPES, SIZES, Description, PositionAtom,
+                    atom_word_spans, corrupt, describe, position_sentence, sample_split, scene_description)
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -222,11 +222,25 @@ def relation_weights(data, boost: float, vertical: float = 0.0, duplicate: float
     return list(itertools.accumulate(weight(sc) for sc, _ in data))
 
 
+GROUNDING_QUERY = "Where is each object?"
+
+
+def grounding_answer(scene) -> str:
+    """One position sentence per object, repeated kinds included, in the captions' own wording (templates drawn
+    from the scene's seed): "The red triangle sits in the top right corner of the image. The red triangle is at
+    the bottom. ..." Why: captions never place repeated objects, and the position pairs a VLM lost were those that
+    moved the one positioned object onto a repeated object's cell; this task makes the decoder place those too."""
+    rng = random.Random(scene.seed)
+    return " ".join(position_sentence(PositionAtom(o.color, o.shape, REGIONS[(o.row, o.col)]), rng)
+                    for o in scene.objects)
+
+
 def make_rows(rng: random.Random, data, n: int, vqa_share: float, weights: Optional[List[float]] = None,
-              relations_only: float = 0.0):
+              relations_only: float = 0.0, grounding: float = 0.0):
     """n training rows; scenes drawn uniformly, or by the cumulative `weights` (relation_weights). A share
     `relations_only` of the caption rows of scenes with relations leaves the position sentences out
-    (relations_only_caption)."""
+    (relations_only_caption); a share `grounding` of the caption rows asks GROUNDING_QUERY instead
+    (grounding_answer)."""
     rows = []
     picks = (rng.choices(range(len(data)), cum_weights=weights, k=n) if weights
              else [rng.randrange(len(data)) for _ in range(n)])
@@ -242,6 +256,8 @@ def make_rows(rng: random.Random, data, n: int, vqa_share: float, weights: Optio
                 while bad is None:
                     bad = corrupt(d, rng.choice(CORRUPTION_KINDS), rng)
                 rows.append((img, VQA_TEMPLATE.format(prompt=describe(bad, scene.seed)), "No"))
+        elif grounding and rng.random() < grounding:
+            rows.append((img, GROUNDING_QUERY, grounding_answer(scene)))
         else:
             if relations_only and rng.random() < relations_only:
                 cap = relations_only_caption(scene) or cap
@@ -389,6 +405,9 @@ def main(argv=None):
                     help="pairs per step for --position-contrast, taken out of --batch-size's caption rows")
     ap.add_argument("--contrast-hard", type=float, default=0.5,
                     help="share of those pairs whose moved object lands on another object's cell")
+    ap.add_argument("--grounding", type=float, default=0.0,
+                    help="share of caption rows that ask where every object is, repeated kinds included "
+                         "(grounding_answer; 0 = off)")
     ap.add_argument("--focus", type=float, default=10.0,
                     help="count the loss of relation and position words 1 + this many times (caption_loss)")
     args = ap.parse_args(argv)
@@ -431,7 +450,7 @@ def main(argv=None):
         contrast = args.position_contrast * focus_ramp(step - args.contrast_start, args.focus_warmup)
         k = args.contrast_pairs if contrast else 0
         rows = make_rows(rng, data, args.batch_size - k, vqa_share=0.25, weights=weights,
-                         relations_only=args.relations_only)
+                         relations_only=args.relations_only, grounding=args.grounding)
         if k:
             trios = position_pairs(rng, data, k, args.contrast_hard)
             rows += [(img, DEFAULT_QUERY, cap) for img, cap, _ in trios] + [(img, DEFAULT_QUERY, bad)

@@ -183,6 +183,13 @@ def _rel_phrase(rel: str) -> str:
     return {"left of": "to the left of", "right of": "to the right of"}.get(rel, rel)
 
 
+def position_sentence(p: PositionAtom, rng: random.Random) -> str:
+    """"The red circle sits in the top left corner of the image." (template drawn from rng by region kind)."""
+    t = rng.choice(_POSITIONS[_region_kind(p.region)])
+    the = _the((p.color, p.shape))
+    return t.format(The=the[0].upper() + the[1:], region=p.region)
+
+
 def describe(desc: Description, seed: int) -> str:
     """Dense caption of a description; the wording is a function of `seed` only, so a corrupted
     description described with the same seed differs exactly where the corruption is."""
@@ -191,10 +198,7 @@ def describe(desc: Description, seed: int) -> str:
     total = sum(g.count for g in desc.groups)
     opening = rng.choice(_OPENINGS)
     s = [opening.format(objs=_join(nps), be="is" if total == 1 else "are")]
-    for p in desc.positions:
-        t = rng.choice(_POSITIONS[_region_kind(p.region)])
-        the = _the((p.color, p.shape))
-        s.append(t.format(The=the[0].upper() + the[1:], region=p.region))
+    s += [position_sentence(p, rng) for p in desc.positions]
     for r in desc.relations:
         t = rng.choice(_RELATIONS)
         a = _the(r.a)
@@ -218,13 +222,18 @@ _REL_RE = re.compile(
     rf"{_THE} (?:is located |is |appears )(to the left of|to the right of|above|below) the ({_C}) ({_S})\b")
 
 
+def parse_positions(text: str) -> List[PositionAtom]:
+    """The position sentences of a text, in order (position_sentence's inverse)."""
+    return [PositionAtom(m.group(1), m.group(2), m.group(3)) for m in _POS_RE.finditer(text)]
+
+
 def atoms_from_caption(text: str) -> Description:
     """Parse a caption produced by `describe` back into its atoms (raises ValueError if none found)."""
     groups = []
     for m in _NP_RE.finditer(text):
         n = 1 if m.group(1) in ("a", "an") else NUMBER_WORDS[m.group(1)]
         groups.append(CountAtom(m.group(3), m.group(4), m.group(2), n))
-    positions = [PositionAtom(m.group(1), m.group(2), m.group(3)) for m in _POS_RE.finditer(text)]
+    positions = parse_positions(text)
     relations = []
     for m in _REL_RE.finditer(text):
         rel = {"to the left of": "left of", "to the right of": "right of"}.get(m.group(3), m.group(3))
