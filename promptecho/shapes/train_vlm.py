@@ -295,25 +295,41 @@ def cell_labels(scene) -> torch.Tensor:
     return y
 
 
-def pretrain_vision(model, proc, data, rng: random.Random, steps: int, batch_size: int, lr: float, device) -> dict:
+def pretrain_vision(model, proc, data, rng: random.Random, steps: int, batch_size: int, lr: float, device,
+                    position: bool = False) -> dict:
     """Supervise the vision tower's cell tokens with linear colour/shape/size heads (dropped afterwards).
-    Returns the heads' accuracy on occupied cells of held-out scenes."""
+    Returns the heads' accuracy on occupied cells of held-out scenes.
+
+    `position` adds a linear head that names each cell token's own cell (all nine, empty ones too). Why: measured
+    on the committed VLM, a linear probe recovers a cell token's cell from what the decoder receives at chance
+    (12.9 %, chance 11.1 %): the content heads alone wash the position embedding out, so the decoder can only tell
+    image tokens apart by their place in the sequence (rotary positions, which reach queries and keys, not values)."""
     tower = model.model.vision_tower
     vc = tower.config
     idx = cell_token_index(vc.image_size, vc.patch_size).to(device)
     heads = torch.nn.ModuleList([torch.nn.Linear(vc.hidden_size, 1 + len(v)) for v in CELL_CLASSES.values()]).to(device)
-    opt = torch.optim.AdamW(list(tower.parameters()) + list(heads.parameters()), lr=lr, weight_decay=0.01)
+    params = list(tower.parameters()) + list(heads.parameters())
+    if position:  # created after the content heads, so runs without it draw the same initial weights as before
+        cell_head = torch.nn.Linear(vc.hidden_size, len(idx)).to(device)
+        params += list(cell_head.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    cells = torch.arange(len(idx), device=device)
+
+    def cell_loss(h):
+        return torch.nn.functional.cross_entropy(cell_head(h).flatten(0, 1), cells.repeat(len(h)))
 
     def forward(scenes):
         px = proc.image_processor(images=[render(sc) for sc in scenes], return_tensors="pt")["pixel_values"]
         h = tower(pixel_values=px.to(device)).last_hidden_state[:, idx]  # [B, cells, D]
-        return [head(h) for head in heads], torch.stack([cell_labels(sc) for sc in scenes]).to(device)
+        return [head(h) for head in heads], torch.stack([cell_labels(sc) for sc in scenes]).to(device), h
 
     tower.train()
     for step in range(steps):
-        logits, y = forward([data[rng.randrange(len(data))][0] for _ in range(batch_size)])
+        logits, y, h = forward([data[rng.randrange(len(data))][0] for _ in range(batch_size)])
         loss = sum(torch.nn.functional.cross_entropy(lg.flatten(0, 1), y[..., j].flatten())
                    for j, lg in enumerate(logits))
+        if position:
+            loss = loss + cell_loss(h)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -322,10 +338,39 @@ def pretrain_vision(model, proc, data, rng: random.Random, steps: int, batch_siz
         if step % 100 == 0 or step == steps - 1:
             print(f"vision step {step:4d}  loss {loss.item():.4f}", flush=True)
     with torch.no_grad():
-        logits, y = forward([sc for sc, _ in sample_split("eval", 256, seed=7)])
-    occupied = y[..., 0] > 0
-    return {k: round(float((lg.argmax(-1) == y[..., j])[occupied].float().mean()), 4)
-            for j, (k, lg) in enumerate(zip(CELL_CLASSES, logits))}
+        logits, y, h = forward([sc for sc, _ in sample_split("eval", 256, seed=7)])
+        occupied = y[..., 0] > 0
+        acc = {k: round(float((lg.argmax(-1) == y[..., j])[occupied].float().mean()), 4)
+               for j, (k, lg) in enumerate(zip(CELL_CLASSES, logits))}
+        if position:
+            acc["cell"] = round(float((cell_head(h).argmax(-1) == cells).float().mean()), 4)
+    return acc
+
+
+def linear_probe_accuracy(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
+                          y_test: torch.Tensor) -> float:
+    """Held-out accuracy of a least-squares linear classifier (one-hot targets, bias column) from features [N, D]
+    to integer labels [N]."""
+    k = int(max(y_train.max(), y_test.max())) + 1
+    bias = lambda x: torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], 1)  # noqa: E731
+    w = torch.linalg.lstsq(bias(x_train), torch.nn.functional.one_hot(y_train, k).double()).solution
+    return float(((bias(x_test) @ w).argmax(1) == y_test).double().mean())
+
+
+@torch.no_grad()
+def cell_probe(model, proc, device, n_train: int = 1500, n_test: int = 500) -> float:
+    """How well the image features the decoder receives (projector output of the cell tokens) name their own grid
+    cell: linear_probe_accuracy over held-out scenes; chance is 1/9. A diagnostic saved in training.json."""
+    vc = model.model.vision_tower.config
+    idx = cell_token_index(vc.image_size, vc.patch_size).to(device) - 1  # the projector drops CLS
+    feats = []
+    for n, seed in ((n_train, 11), (n_test, 12)):
+        px = proc.image_processor(images=[render(sc) for sc, _ in sample_split("eval", n, seed=seed)],
+                                  return_tensors="pt")["pixel_values"].to(device)
+        h = model.model.vision_tower(pixel_values=px).last_hidden_state[:, 1:]
+        feats.append(model.model.multi_modal_projector(h)[:, idx].flatten(0, 1).float().cpu())
+    label = lambda f: torch.arange(len(idx)).repeat(len(f) // len(idx))  # noqa: E731
+    return round(linear_probe_accuracy(feats[0], label(feats[0]), feats[1], label(feats[1])), 4)
 
 
 ATTRIBUTE_WORDS = {"colour": set(COLORS), "shape": set(SHAPES) | {s + "s" for s in SHAPES}, "size": set(SIZES)}
@@ -367,6 +412,9 @@ def main(argv=None):
     ap.add_argument("--out", default=default_vlm_path())
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--vision-steps", type=int, default=400, help="vision pre-training steps (0 = none)")
+    ap.add_argument("--vision-position", action=argparse.BooleanOptionalAction, default=True,
+                    help="vision pre-training also teaches each cell token which cell it is (pretrain_vision; "
+                         "measured: relation 98.0 -> 99.3 %%, position 96.5 -> 96.7 %%, README)")
     ap.add_argument("--vision-lr", type=float, default=0.0,
                     help="learning rate of the vision tower in the caption stage (0 = frozen, as in LLaVA)")
     ap.add_argument("--batch-size", type=int, default=32)
@@ -425,7 +473,8 @@ def main(argv=None):
     t0 = time.time()
     vision_acc = {}
     if args.vision_steps:
-        vision_acc = pretrain_vision(model, proc, data, rng, args.vision_steps, 64, args.lr, args.device)
+        vision_acc = pretrain_vision(model, proc, data, rng, args.vision_steps, 64, args.lr, args.device,
+                                     args.vision_position)
         print(f"vision pre-training: held-out cell accuracy {vision_acc} in {time.time() - t0:.0f}s", flush=True)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"params {n_params / 1e6:.2f} M, vocab {len(tok)}, scenes {len(data)}", flush=True)
@@ -470,6 +519,8 @@ def main(argv=None):
                 line += "  held-out word loss " + " ".join(f"{k} {v:.3f}" for k, v in probe(model, args.device).items())
             print(line, flush=True)
     model.eval()
+    probe_acc = cell_probe(model, proc, args.device)
+    print(f"linear probe: image tokens name their grid cell {probe_acc:.1%} of the time (chance 11.1 %)", flush=True)
     model.to("cpu")
     os.makedirs(args.out, exist_ok=True)
     model.save_pretrained(args.out, safe_serialization=True)
@@ -477,6 +528,7 @@ def main(argv=None):
     with open(os.path.join(args.out, "training.json"), "w") as f:
         # every option (the command that made the folder), then what the run measured
         json.dump({**{k: v for k, v in vars(args).items() if k != "out"}, "vision_cell_accuracy": vision_acc,
+                   "cell_probe": probe_acc,
                    "params": n_params, "torch": torch.__version__, "seconds": round(time.time() - t0)}, f, indent=1)
     print(f"saved to {args.out} in {time.time() - t0:.0f}s", flush=True)
 
