@@ -9,7 +9,7 @@ Two tasks, mixed in every batch, each as one chat turn built by the *engine's ow
      corrupted by one atom (so VQAScore on the same VLM is a fair baseline).
 Before that, a short vision pre-training stage (as real VLMs start from a pre-trained vision encoder): the CLIP
 tower alone, with throw-away linear heads, learns each grid cell's colour, shape and size (or "empty") at the
-patch token holding the cell centre. Measured: captioning alone never taught the tower shapes or sizes (their
+patch token holding the cell centre, and which cell that token is. Measured: captioning alone never taught the tower shapes or sizes (their
 words stayed at ln 4 and ln 2 nats after 2400 steps), while direct supervision teaches them in ~200 steps.
 Reproducible from --seed (data, init and batch order); CPU-only.
 """
@@ -300,10 +300,11 @@ def pretrain_vision(model, proc, data, rng: random.Random, steps: int, batch_siz
     """Supervise the vision tower's cell tokens with linear colour/shape/size heads (dropped afterwards).
     Returns the heads' accuracy on occupied cells of held-out scenes.
 
-    `position` adds a linear head that names each cell token's own cell (all nine, empty ones too). Why: measured
-    on the committed VLM, a linear probe recovers a cell token's cell from what the decoder receives at chance
-    (12.9 %, chance 11.1 %): the content heads alone wash the position embedding out, so the decoder can only tell
-    image tokens apart by their place in the sequence (rotary positions, which reach queries and keys, not values)."""
+    `position` adds a linear head that names each cell token's own cell (all nine, empty ones too). Why: in a VLM
+    trained without it, a linear probe (cell_probe) recovered a cell token's cell from what the decoder receives at
+    chance (12.9 %, chance 11.1 %): the content heads alone wash the position embedding out, so the decoder can only
+    tell image tokens apart by their place in the sequence (rotary positions reach queries and keys, not values).
+    With it: 99.9 %, and relation discrimination 98.0 -> 99.3 % (README)."""
     tower = model.model.vision_tower
     vc = tower.config
     idx = cell_token_index(vc.image_size, vc.patch_size).to(device)
@@ -455,7 +456,8 @@ def main(argv=None):
                     help="share of those pairs whose moved object lands on another object's cell")
     ap.add_argument("--grounding", type=float, default=0.0,
                     help="share of caption rows that ask where every object is, repeated kinds included "
-                         "(grounding_answer; 0 = off)")
+                         "(grounding_answer; 0 = off; measured without the cell head: position unchanged, size "
+                         "words left at chance)")
     ap.add_argument("--focus", type=float, default=10.0,
                     help="count the loss of relation and position words 1 + this many times (caption_loss)")
     args = ap.parse_args(argv)
