@@ -9,8 +9,9 @@ Two tasks, mixed in every batch, each as one chat turn built by the *engine's ow
      corrupted by one atom (so VQAScore on the same VLM is a fair baseline).
 Before that, a short vision pre-training stage (as real VLMs start from a pre-trained vision encoder): the CLIP
 tower alone, with throw-away linear heads, learns each grid cell's colour, shape and size (or "empty") at the
-patch token holding the cell centre, and which cell that token is. Measured: captioning alone never taught the tower shapes or sizes (their
-words stayed at ln 4 and ln 2 nats after 2400 steps), while direct supervision teaches them in ~200 steps.
+patch token holding the cell centre, and which cell that token is. Measured: captioning alone never taught the
+tower shapes or sizes (their words stayed at ln 4 and ln 2 nats after 2400 steps), while direct supervision
+teaches them in ~200 steps.
 Reproducible from --seed (data, init and batch order); CPU-only.
 """
 from __future__ import annotations
