@@ -263,6 +263,13 @@ def atom_word_spans(text: str, position: str = "predicate") -> dict:
 
 
 # ----------------------------------------------------------------------------------- corruption
+def moved(desc: Description, i: int, region: str) -> Description:
+    """`desc` with its i-th stated position moved to `region` (a position corruption; every other atom kept)."""
+    positions = list(desc.positions)
+    positions[i] = replace(positions[i], region=region)
+    return Description(list(desc.groups), positions, list(desc.relations))
+
+
 def corrupt(desc: Description, kind: str, rng: random.Random) -> Optional[Description]:
     """Change exactly one fact of `desc` (kind in CORRUPTION_KINDS); None if the kind does not apply.
     Colour/shape changes rename the object everywhere it is mentioned, so the caption stays coherent."""
@@ -307,8 +314,7 @@ def corrupt(desc: Description, kind: str, rng: random.Random) -> Optional[Descri
         if not positions:
             return None
         i = rng.randrange(len(positions))
-        p = positions[i]
-        positions[i] = replace(p, region=rng.choice([r for r in REGION_CELL if r != p.region]))
+        return moved(desc, i, rng.choice([r for r in REGION_CELL if r != positions[i].region]))
     else:
         raise ValueError(f"unknown corruption kind {kind!r}; expected one of {CORRUPTION_KINDS}")
     return Description(groups, positions, relations)
