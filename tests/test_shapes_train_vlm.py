@@ -288,6 +288,31 @@ def test_position_pairs_move_exactly_one_position_and_hard_ones_land_on_another_
     assert 0 < np.mean(landed[0.0]) < 0.6  # uniform over the 8 other regions: occupied ones only now and then
 
 
+def test_position_pairs_unplaced_ones_move_onto_a_repeated_object_the_caption_never_places():
+    """With unplaced=1 every pair comes from a scene with a repeated kind, and the moved object lands on the cell of
+    an object whose colour+shape the caption never places (recomputed here from the scene's objects)."""
+    import random
+
+    from promptecho.shapes.render import render
+    from promptecho.shapes.train_vlm import position_pairs
+    from promptecho.shapes.world import REGIONS, atoms_from_caption, sample_split
+
+    data = sample_split("train", 400, seed=5)
+    scenes_of = {}
+    for sc, c in data:
+        scenes_of.setdefault(c, []).append(sc)
+    trios = position_pairs(random.Random(2), data, 60, hard=0.0, unplaced=1.0)
+    assert len(trios) == 60
+    for img, cap, bad in trios:
+        sc = [s for s in scenes_of[cap] if np.array_equal(np.asarray(img), np.asarray(render(s)))][0]
+        t, b = atoms_from_caption(cap), atoms_from_caption(bad)
+        moved = [p for p in b.positions if p not in t.positions]
+        assert len(moved) == 1 and sorted(map(repr, t.groups)) == sorted(map(repr, b.groups))
+        kinds = [(o.color, o.shape) for o in sc.objects]
+        repeated = {REGIONS[(o.row, o.col)] for o in sc.objects if kinds.count((o.color, o.shape)) > 1}
+        assert repeated and moved[0].region in repeated
+
+
 def test_caption_loss_with_position_pairs_adds_the_pairwise_logistic_term():
     """With K pairs at the end of the batch, the loss is the focus-weighted mean over every row but the K corrupted
     ones, plus contrast x mean softplus(sum CE true - sum CE corrupted), checked against a manual log-softmax."""

@@ -23,7 +23,6 @@ import math
 import os
 import random
 import time
-from dataclasses import replace
 from typing import List, Optional
 
 import torch
@@ -33,7 +32,7 @@ from ..scoring import token_losses
 from . import default_vlm_path
 from .render import IMAGE_SIZE, render
 from .world import (COLORS, CORRUPTION_KINDS, GRID, REGION_CELL, REGIONS, SHAPES, SIZES, Description, PositionAtom,
-                    atom_word_spans, corrupt, describe, position_sentence, sample_split, scene_description)
+                    atom_word_spans, corrupt, describe, moved, position_sentence, sample_split, scene_description)
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -178,24 +177,36 @@ def caption_loss(model, batch, focus: float, focus_size: float = 0.0, pairs: int
     return loss
 
 
-def position_pairs(rng: random.Random, data, k: int, hard: float = 0.5):
+def position_pairs(rng: random.Random, data, k: int, hard: float = 0.5, unplaced: float = 0.0):
     """k (image, true caption, caption with one position moved) triples from scenes that state a position. With
     probability `hard` the object is moved onto a cell another object occupies, when there is one: measured, those
     were the only position pairs a patch-16 VLM lost (17 of 66 in scenes with a repeated kind, 0 of 94 moved to an
-    empty cell)."""
+    empty cell).
+
+    With probability `unplaced` (checked first) the pair comes from a scene with a repeated kind, and the object
+    moves onto a cell of a repeated object, one the caption never places. Why: measured on the cell-head VLM, every
+    lost position pair moved the object onto an occupied cell (28 of 180 lost, 0 of 680 moved to an empty one), and
+    in a scene without repeats the corrupted caption then puts two objects in one region, which the text alone
+    betrays; onto an unplaced look-alike only reading which object is where tells the captions apart."""
     out = []
     while len(out) < k:
         scene, cap = data[rng.randrange(len(data))]
         d = scene_description(scene)
         if not d.positions:
             continue
+        want_unplaced = unplaced > 0 and rng.random() < unplaced  # no draw when off: older runs replay exactly
+        placed = {(p.color, p.shape) for p in d.positions}
+        unplaced_cells = sorted({REGIONS[(o.row, o.col)] for o in scene.objects if (o.color, o.shape) not in placed})
+        if want_unplaced and not unplaced_cells:
+            continue
         i = rng.randrange(len(d.positions))
         p = d.positions[i]
         occupied = sorted({REGIONS[(o.row, o.col)] for o in scene.objects} - {p.region})
-        regions = occupied if occupied and rng.random() < hard else [r for r in REGION_CELL if r != p.region]
-        bad = Description(d.groups, [*d.positions[:i], replace(p, region=rng.choice(regions)), *d.positions[i + 1:]],
-                          d.relations)
-        out.append((render(scene), cap, describe(bad, scene.seed)))
+        if want_unplaced:
+            regions = unplaced_cells
+        else:
+            regions = occupied if occupied and rng.random() < hard else [r for r in REGION_CELL if r != p.region]
+        out.append((render(scene), cap, describe(moved(d, i, rng.choice(regions)), scene.seed)))
     return out
 
 
@@ -455,6 +466,9 @@ def main(argv=None):
                     help="pairs per step for --position-contrast, taken out of --batch-size's caption rows")
     ap.add_argument("--contrast-hard", type=float, default=0.5,
                     help="share of those pairs whose moved object lands on another object's cell")
+    ap.add_argument("--contrast-unplaced", type=float, default=0.0,
+                    help="share of those pairs drawn from scenes with a repeated kind, the object moved onto a "
+                         "repeated object's cell (position_pairs)")
     ap.add_argument("--grounding", type=float, default=0.0,
                     help="share of caption rows that ask where every object is, repeated kinds included "
                          "(grounding_answer; 0 = off; measured without the cell head: position unchanged, size "
@@ -504,7 +518,7 @@ def main(argv=None):
         rows = make_rows(rng, data, args.batch_size - k, vqa_share=0.25, weights=weights,
                          relations_only=args.relations_only, grounding=args.grounding)
         if k:
-            trios = position_pairs(rng, data, k, args.contrast_hard)
+            trios = position_pairs(rng, data, k, args.contrast_hard, args.contrast_unplaced)
             rows += [(img, DEFAULT_QUERY, cap) for img, cap, _ in trios] + [(img, DEFAULT_QUERY, bad)
                                                                              for img, _, bad in trios]
         batch = batcher(rows).to(args.device)
