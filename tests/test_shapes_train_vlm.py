@@ -4,6 +4,7 @@ import math
 import re
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
@@ -175,7 +176,8 @@ def test_layers_and_hidden_options_set_the_decoder_shape(tmp_path):
     from promptecho.shapes.train_vlm import build_model_and_processor, build_tokenizer, main
 
     main(["--steps", "1", "--vision-steps", "0", "--batch-size", "2", "--scenes", "16", "--threads", "1",
-          "--layers", "2", "--hidden", "160", "--relation-boost", "1", "--out", str(tmp_path / "m")])
+          "--layers", "2", "--hidden", "160", "--relation-boost", "1", "--pointer-layer", "1",
+          "--out", str(tmp_path / "m")])
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert cfg["text_config"]["num_hidden_layers"] == 2
     # 32-wide heads: 160 = 5 heads, MLP 3x wide
@@ -185,6 +187,9 @@ def test_layers_and_hidden_options_set_the_decoder_shape(tmp_path):
         build_model_and_processor(build_tokenizer(["a red circle"] * 4), seed=0, hidden=100)
     meta = json.loads((tmp_path / "m" / "training.json").read_text())
     assert meta["layers"] == 2 and meta["relation_boost"] == 1.0
+    with pytest.raises(ValueError, match="set --pointer-layer below --layers"):  # the default layer 2 needs 3+
+        main(["--steps", "1", "--scenes", "16", "--layers", "2", "--out", str(tmp_path / "n")])
+    assert not (tmp_path / "n").exists()
 
 
 def test_focus_mask_marks_relation_position_and_size_words_and_caption_loss_weights_them():
@@ -211,7 +216,7 @@ def test_focus_mask_marks_relation_position_and_size_words_and_caption_loss_weig
         assert (batch["labels"][b][batch["focus"][b] > 0] >= 0).all()  # marks lie on answer tokens
     assert not batch["focus"][-1].any()  # a yes/no answer has none
     with torch.no_grad():
-        inputs = {k: v for k, v in batch.items() if k != "focus"}
+        inputs = {k: v for k, v in batch.items() if k not in ("focus", "pointer")}
         own = model(**inputs).loss
         assert float(caption_loss(model, batch, 0.0)) == float(own)
         logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits.float()
@@ -331,7 +336,7 @@ def test_caption_loss_with_position_pairs_adds_the_pairwise_logistic_term():
         (i, DEFAULT_QUERY, b) for i, _, b in trios]
     batch = Batcher(proc)(rows)
     with torch.no_grad():
-        logits = model(**{k: v for k, v in batch.items() if k not in ("focus", "labels")}).logits.float()
+        logits = model(**{k: v for k, v in batch.items() if k not in ("focus", "pointer", "labels")}).logits.float()
         logp = torch.log_softmax(logits, -1)
         sums, num, den = [], 0.0, 0
         for b in range(logits.shape[0]):
@@ -368,6 +373,23 @@ def test_position_contrast_changes_training_only_from_contrast_start(tmp_path):
     assert not all(torch.equal(w["plain"][k], w["on"][k]) for k in w["plain"])
     meta = json.loads((tmp_path / "late" / "training.json").read_text())
     assert meta["position_contrast"] == 1.0 and meta["contrast_start"] == 2
+
+
+def test_pointer_changes_training_only_from_pointer_start(tmp_path):
+    """--pointer 0 and a --pointer-start after the last step train bit for bit the same model; from step 0 the
+    attention supervision changes the weights (the tap is wired into the real training loop)."""
+    from promptecho.shapes.train_vlm import main
+
+    args = ["--steps", "2", "--vision-steps", "1", "--batch-size", "4", "--scenes", "48", "--seed", "2", "--threads", "1",
+            "--focus-warmup", "0"]
+    main(args + ["--pointer", "0", "--out", str(tmp_path / "off")])
+    main(args + ["--pointer-start", "2", "--out", str(tmp_path / "late")])
+    main(args + ["--pointer-start", "0", "--out", str(tmp_path / "on")])
+    w = {k: load_file(str(tmp_path / k / "model.safetensors")) for k in ("off", "late", "on")}
+    assert all(torch.equal(w["off"][k], w["late"][k]) for k in w["off"])
+    assert not all(torch.equal(w["off"][k], w["on"][k]) for k in w["off"])
+    meta = json.loads((tmp_path / "on" / "training.json").read_text())
+    assert (meta["pointer"], meta["pointer_start"], meta["pointer_layer"], meta["pointer_head"]) == (1.0, 0, 2, 0)
 
 
 def test_grounding_rows_place_every_object_repeated_kinds_included():
@@ -424,3 +446,47 @@ def test_vision_position_head_puts_each_cell_into_its_token():
                           position=True)
     assert acc["cell"] > 0.8, acc
     assert cell_probe(model, proc, "cpu", n_train=200, n_test=100) > 0.8
+
+
+def test_pointer_marks_the_tokens_predicting_each_position_predicate_and_its_loss_is_the_heads_own_attention():
+    """Batcher's pointer mask sits on the tokens that predict each position sentence's predicate (shifted by one
+    they decode to it) with the named cell; pointer_loss equals -log of the tapped head's attention on that cell's
+    image token as the model itself computes it (eager attention weights), and is left out for corrupted rows."""
+    from promptecho import DEFAULT_QUERY
+    from promptecho.shapes.render import render
+    from promptecho.shapes.train_vlm import (AttentionTap, Batcher, build_model_and_processor, build_tokenizer,
+                                             caption_loss, pointer_loss)
+    from promptecho.shapes.world import GRID, REGION_CELL, atom_word_spans, parse_positions, sample_split
+
+    data = [d for d in sample_split("train", 80, seed=5) if parse_positions(d[1])][:3]
+    tok = build_tokenizer([c for _, c in sample_split("train", 200, seed=0)])
+    model, proc = build_model_and_processor(tok, seed=0)
+    model.set_attn_implementation("eager")
+    rows = [(render(sc), DEFAULT_QUERY, cap) for sc, cap in data] + [(render(data[0][0]), "Q?", "Yes")]
+    batch = Batcher(proc)(rows)
+    for b, (_, cap) in enumerate(data):
+        marked = batch["pointer"][b].nonzero().flatten()
+        want_cells = [1 + REGION_CELL[p.region][0] * GRID + REGION_CELL[p.region][1] for p in parse_positions(cap)]
+        assert sorted(set(batch["pointer"][b][marked].tolist())) == sorted(set(want_cells))
+        got = tok.decode(batch["input_ids"][b][marked + 1]).split()
+        want = " ".join(cap[s:e] for s, e in atom_word_spans(cap, "predicate")["position"]).split()
+        assert got == want, (got, want)
+    assert not batch["pointer"][-1].any()
+    tap = AttentionTap(model, layer=1, head=2)
+    with torch.no_grad():
+        out = model(**{k: v for k, v in batch.items() if k not in ("focus", "pointer", "labels")},
+                    output_attentions=True)
+        att = out.attentions[1][:, 2].float()  # [B, T, T], softmax over keys
+        image_at = [(batch["input_ids"][b] == model.config.image_token_id).nonzero().flatten() for b in range(4)]
+        terms = [-math.log(float(att[b, t, image_at[b][int(batch["pointer"][b, t]) - 1]]))
+                 for b in range(4) for t in batch["pointer"][b].nonzero().flatten().tolist()]
+        assert abs(float(pointer_loss(tap, batch, model.config.image_token_id)) - np.mean(terms)) < 1e-5
+        n_last = int((batch["pointer"][2] > 0).sum())
+        kept = terms[:len(terms) - n_last]
+        assert abs(float(pointer_loss(tap, batch, model.config.image_token_id, skip_last=2)) - np.mean(kept)) < 1e-5
+        base = float(caption_loss(model, batch, 0.0))
+        assert abs(float(caption_loss(model, batch, 0.0, pointer=0.5, tap=tap)) - (base + 0.5 * np.mean(terms))) < 1e-5
+    with pytest.raises(ValueError, match="pointer layer 9 out of range"):
+        AttentionTap(model, layer=9)
+    with pytest.raises(ValueError, match="pointer head 4 out of range"):
+        AttentionTap(model, layer=1, head=4)

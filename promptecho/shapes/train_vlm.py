@@ -32,7 +32,8 @@ from ..scoring import token_losses
 from . import default_vlm_path
 from .render import IMAGE_SIZE, render
 from .world import (COLORS, CORRUPTION_KINDS, GRID, REGION_CELL, REGIONS, SHAPES, SIZES, Description, PositionAtom,
-                    atom_word_spans, corrupt, describe, moved, position_sentence, sample_split, scene_description)
+                    atom_word_spans, corrupt, describe, moved, parse_positions, position_sentence, sample_split,
+                    scene_description)
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -107,7 +108,9 @@ FOCUS_KINDS = ("relation", "position", "size")  # codes 1, 2, 3 of Batcher's "fo
 class Batcher:
     """Turns (image, question, answer) triples into processor tensors with labels on the answer only, and a
     "focus" mask marking the answer tokens of relation words (1), position words (2) and size words (3);
-    `position_words` says which words of a position sentence count (world.atom_word_spans)."""
+    `position_words` says which words of a position sentence count (world.atom_word_spans). A "pointer" mask gives,
+    at the tokens that predict a position sentence's predicate (the shape word and the predicate but its last
+    token), 1 + the grid cell (row * 3 + col) the sentence names: the image token pointer_loss supervises."""
 
     def __init__(self, proc, position_words: str = "predicate"):
         from ..templates import TemplateBuilder
@@ -119,7 +122,7 @@ class Batcher:
         self.position_words = position_words  # atom_word_spans(position=...)
 
     def __call__(self, rows):
-        texts, tails, marks = [], [], []
+        texts, tails, marks, points = [], [], [], []
         for _, question, answer in rows:
             rt = self.builder.score_row(answer, question, None)
             enc = self.tok(rt.tail_text, add_special_tokens=rt.tail_special_tokens, return_offsets_mapping=True)
@@ -133,32 +136,46 @@ class Batcher:
                      for a, b in atom_word_spans(answer, self.position_words)[kind]]
             marks.append([(n - i, code) for i in range(i0, i1) for code, a, b in spans
                           if offsets[i][0] < b and offsets[i][1] > a])
+            point = []
+            for p, (a, b) in zip(parse_positions(answer), atom_word_spans(answer, "predicate")["position"]):
+                a, b = rt.answer[0] + a, rt.answer[0] + b
+                inside = [i for i in range(i0, i1) if offsets[i][0] < b and offsets[i][1] > a]
+                row, col = REGION_CELL[p.region]
+                # token i predicts token i + 1: from the shape word (predicts the verb) to the predicate's last but one
+                point += [(n - i, 1 + row * GRID + col) for i in range(inside[0] - 1, inside[-1])] if inside else []
+            points.append(point)
         batch = self.proc(text=texts, images=[[r[0]] for r in rows], return_tensors="pt", padding=True,
                           padding_side="right")
         labels = torch.full_like(batch["input_ids"], -100)
         focus = torch.zeros_like(batch["input_ids"])
+        pointer = torch.zeros_like(batch["input_ids"])
         lengths = batch["attention_mask"].sum(1)
         for b, (back0, back1) in enumerate(tails):
             L = int(lengths[b])
             labels[b, L - back0:L - max(back1, 0)] = batch["input_ids"][b, L - back0:L - max(back1, 0)]
             for back, code in marks[b]:
                 focus[b, L - back] = code
+            for back, cell in points[b]:
+                pointer[b, L - back] = cell
         batch["labels"] = labels
         batch["focus"] = focus
+        batch["pointer"] = pointer
         return batch
 
 
 def caption_loss(model, batch, focus: float, focus_size: float = 0.0, pairs: int = 0,
-                 contrast: float = 0.0) -> torch.Tensor:
+                 contrast: float = 0.0, pointer: float = 0.0, tap: Optional["AttentionTap"] = None) -> torch.Tensor:
     """Mean next-token loss over the labelled tokens, relation and position words counted (1 + focus) times and
     size words (1 + focus_size) times: they are a few per cent of the caption tokens, yet the only ones a relation,
     position or size corruption changes. focus 0 and focus_size 0 is the model's own `labels` loss.
 
     With `pairs` = K, the batch ends with K true captions then the same K captions with one position corrupted
     (position_pairs): the corrupted rows are left out of the mean, and `contrast` x the mean pairwise logistic loss
-    softplus(CE_sum(true) - CE_sum(corrupted)) is added, the discrimination the eval measures, trained directly."""
-    inputs = {k: v for k, v in batch.items() if k != "focus"}
-    if not focus and not focus_size and not pairs:
+    softplus(CE_sum(true) - CE_sum(corrupted)) is added, the discrimination the eval measures, trained directly.
+
+    With `pointer` > 0 and an AttentionTap on the model, pointer x pointer_loss is added."""
+    inputs = {k: v for k, v in batch.items() if k not in ("focus", "pointer")}
+    if not focus and not focus_size and not pairs and not pointer:
         return model(**inputs).loss
     labels = inputs.pop("labels")[:, 1:]
     logits = model(**inputs).logits[:, :-1]
@@ -174,7 +191,61 @@ def caption_loss(model, batch, focus: float, focus_size: float = 0.0, pairs: int
     if pairs and contrast:
         row = (ce * valid).sum(1)
         loss = loss + contrast * torch.nn.functional.softplus(row[-2 * pairs:-pairs] - row[-pairs:]).mean()
+    if pointer:
+        loss = loss + pointer * pointer_loss(tap, batch, model.config.image_token_id, skip_last=pairs)
     return loss
+
+
+class AttentionTap:
+    """Keeps the inputs of one decoder layer's self-attention from the last forward pass (hidden states after the
+    layer norm, rotary cos / sin), so pointer_loss can recompute one head's attention logits exactly as the layer
+    does, without eager attention or attention outputs for the whole model."""
+
+    def __init__(self, model, layer: int, head: int = 0):
+        layers = model.model.language_model.layers
+        if not 0 <= layer < len(layers):
+            raise ValueError(f"pointer layer {layer} out of range: the decoder has {len(layers)} layers "
+                             "(set --pointer-layer below --layers, or --pointer 0)")
+        self.attn, self.head, self.seen = layers[layer].self_attn, head, None
+        if not 0 <= head < self.attn.config.num_attention_heads:
+            raise ValueError(f"pointer head {head} out of range: {self.attn.config.num_attention_heads} heads")
+        self.handle = self.attn.register_forward_pre_hook(self._grab, with_kwargs=True)
+
+    def _grab(self, module, args, kwargs):
+        self.seen = (kwargs["hidden_states"] if "hidden_states" in kwargs else args[0], kwargs["position_embeddings"])
+
+    def logits(self) -> torch.Tensor:
+        """[B, T, T] pre-softmax attention logits of the tapped head (no mask applied)."""
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        h, (cos, sin) = self.seen
+        a, (B, T, _) = self.attn, h.shape
+        group = a.config.num_attention_heads // a.config.num_key_value_heads
+        q = a.q_proj(h).view(B, T, -1, a.head_dim)[:, :, self.head].unsqueeze(1)
+        k = a.k_proj(h).view(B, T, -1, a.head_dim)[:, :, self.head // group].unsqueeze(1)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        return (q[:, 0] @ k[:, 0].transpose(1, 2)) * a.scaling
+
+
+def pointer_loss(tap: AttentionTap, batch, image_token_id: int, skip_last: int = 0) -> torch.Tensor:
+    """Attention supervision: mean -log of the tapped head's causal attention on the image token of the cell that
+    the position sentence names, at the tokens marked in batch["pointer"]. Why: every lost position pair (cell-head
+    VLM, 28 of 860) moved the object onto another object's cell, 0 of 680 onto an empty one; the decoder binds the
+    wrong object, so one head is taught to fetch the named object's own token (which carries its cell).
+    `skip_last` rows are left out (position_pairs' corrupted captions name a wrong cell)."""
+    marks = batch["pointer"].clone()
+    if skip_last:
+        marks[-skip_last:] = 0
+    b, t = (marks > 0).nonzero(as_tuple=True)
+    if not len(b):
+        return marks.new_zeros((), dtype=torch.float32)
+    ids, keep = batch["input_ids"], batch["attention_mask"].bool()
+    n_image = int((ids[0] == image_token_id).sum())
+    image_at = (ids == image_token_id).nonzero(as_tuple=True)[1].view(ids.shape[0], n_image)  # row-major cells
+    scores = tap.logits()[b, t].float()
+    j = torch.arange(ids.shape[1], device=ids.device)
+    scores = scores.masked_fill(~(keep[b] & (j[None] <= t[:, None])), float("-inf"))
+    return torch.nn.functional.cross_entropy(scores, image_at[b, marks[b, t] - 1])
 
 
 def position_pairs(rng: random.Random, data, k: int, hard: float = 0.5, unplaced: float = 0.0):
@@ -401,6 +472,7 @@ class AttributeProbe:
         self.kind = {k: torch.tensor([w in v for w in words]).view_as(self.batch["input_ids"])
                      for k, v in ATTRIBUTE_WORDS.items()}
         focus = self.batch.pop("focus")
+        self.batch.pop("pointer")
         # size keeps its word-set definition above (comparable with earlier logs); relation and position need the mask
         self.kind.update({k: focus == code for code, k in enumerate(FOCUS_KINDS, 1) if k not in self.kind})
 
@@ -473,6 +545,16 @@ def main(argv=None):
                     help="share of caption rows that ask where every object is, repeated kinds included "
                          "(grounding_answer; 0 = off; measured without the cell head: position unchanged, size "
                          "words left at chance)")
+    ap.add_argument("--pointer", type=float, default=1.0,
+                    help="weight of attention supervision: one decoder head is taught to attend, at each position "
+                         "sentence, to the image token of the cell it names (pointer_loss; 0 = off). Measured: "
+                         "position 96.7 -> 99.7 %%, seed-1 scenes 97.4 -> 99.9 %% (README)")
+    ap.add_argument("--pointer-start", type=int, default=1000,
+                    help="caption step where --pointer starts (then ramps over --focus-warmup steps); measured, "
+                         "from step 0 it left the colour, shape and size words at chance")
+    ap.add_argument("--pointer-layer", type=int, default=2,
+                    help="decoder layer of the --pointer head, from 0 (layer 1: position 99.0 %%, layer 2: 99.7 %%)")
+    ap.add_argument("--pointer-head", type=int, default=0, help="which head of that layer --pointer trains")
     ap.add_argument("--focus", type=float, default=10.0,
                     help="count the loss of relation and position words 1 + this many times (caption_loss)")
     args = ap.parse_args(argv)
@@ -482,6 +564,7 @@ def main(argv=None):
     corpus = [c for _, c in data[:20000]] + [DEFAULT_QUERY, VQA_TEMPLATE.format(prompt="x"), "Yes", "No"] * 50
     tok = build_tokenizer(corpus)
     model, proc = build_model_and_processor(tok, args.seed, args.patch, args.pad, args.layers, args.hidden)
+    tap = AttentionTap(model, args.pointer_layer, args.pointer_head) if args.pointer else None
     weights = (relation_weights(data, args.relation_boost, args.vertical_boost, args.duplicate_boost)
                if args.relation_boost or args.vertical_boost or args.duplicate_boost else None)
     batcher = Batcher(proc, args.position_words)
@@ -523,7 +606,8 @@ def main(argv=None):
                                                                              for img, _, bad in trios]
         batch = batcher(rows).to(args.device)
         ramp = focus_ramp(step, args.focus_warmup)
-        loss = caption_loss(model, batch, args.focus * ramp, args.focus_size * ramp, k, contrast)
+        loss = caption_loss(model, batch, args.focus * ramp, args.focus_size * ramp, k, contrast,
+                            args.pointer * focus_ramp(step - args.pointer_start, args.focus_warmup), tap)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
