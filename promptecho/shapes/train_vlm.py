@@ -540,7 +540,7 @@ def main(argv=None):
                     help="share of those pairs whose moved object lands on another object's cell")
     ap.add_argument("--contrast-unplaced", type=float, default=0.0,
                     help="share of those pairs drawn from scenes with a repeated kind, the object moved onto a "
-                         "repeated object's cell (position_pairs)")
+                         "repeated object's cell (position_pairs; measured with 0.5 and 1: position unchanged, README)")
     ap.add_argument("--grounding", type=float, default=0.0,
                     help="share of caption rows that ask where every object is, repeated kinds included "
                          "(grounding_answer; 0 = off; measured without the cell head: position unchanged, size "
