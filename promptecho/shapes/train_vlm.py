@@ -12,6 +12,9 @@ tower alone, with throw-away linear heads, learns each grid cell's colour, shape
 patch token holding the cell centre, and which cell that token is. Measured: captioning alone never taught the
 tower shapes or sizes (their words stayed at ln 4 and ln 2 nats after 2400 steps), while direct supervision
 teaches them in ~200 steps.
+From caption step 1000 on, one decoder head is also taught where to look: at each position sentence, the image
+token of the cell it names (--pointer, pointer_loss). Measured: without it the decoder read the cell of the wrong
+object when another one occupied the stated cell (position discrimination 96.7 %; with it 99.7 %).
 Reproducible from --seed (data, init and batch order); CPU-only.
 """
 from __future__ import annotations
