@@ -141,11 +141,10 @@ class Batcher:
                           if offsets[i][0] < b and offsets[i][1] > a])
             point = []
             for p, (a, b) in zip(parse_positions(answer), atom_word_spans(answer, "predicate")["position"]):
-                a, b = rt.answer[0] + a, rt.answer[0] + b
-                inside = [i for i in range(i0, i1) if offsets[i][0] < b and offsets[i][1] > a]
+                p0, p1 = self._range(offsets, rt.answer[0] + a, rt.answer[0] + b)  # the predicate's tokens
                 row, col = REGION_CELL[p.region]
                 # token i predicts token i + 1: from the shape word (predicts the verb) to the predicate's last but one
-                point += [(n - i, 1 + row * GRID + col) for i in range(inside[0] - 1, inside[-1])] if inside else []
+                point += [(n - i, 1 + row * GRID + col) for i in range(p0 - 1, p1 - 1)]
             points.append(point)
         batch = self.proc(text=texts, images=[[r[0]] for r in rows], return_tensors="pt", padding=True,
                           padding_side="right")
