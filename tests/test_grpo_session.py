@@ -249,3 +249,31 @@ def test_lora_extra_names_what_the_adapter_can_adapt(tmp_path):
     with pytest.raises(AdapterError, match="nothing besides the transformer"):
         GRPOSession(_cfg(tmp_path, lora_extra=["layout_encoder"]), make_adapter("shapesworld", tiny_shapes_pipeline()),
                     brightness_reward, train_prompts=PROMPTS).start()
+
+
+@pytest.mark.parametrize("group_noise", [True, False])
+def test_awm_group_noise_gives_a_group_common_noise_so_identical_samples_cancel(tmp_path, group_noise):
+    """awm_group_noise: every row of a prompt's group is noised with the same sigma and noise, different groups with
+    different ones; a group of identical samples then contributes exactly nothing for advantages that sum to zero
+    (per-row noise leaves a random, nonzero loss)."""
+    s = GRPOSession(_cfg(tmp_path, algorithm="awm", awm_group_noise=group_noise, awm_timesteps=2),
+                    make_adapter("shapesworld", tiny_shapes_pipeline()), brightness_reward,
+                    train_prompts=PROMPTS).start()
+    cond = s.adapter.encode(["a red circle"] * 2 + ["a blue square"] * 2, 1.0)
+    traj = s.sample(cond, [1, 2, 3, 4], 3, 1.0, 0.0, set(), None, record=False, rows=(0, 4, 4))
+    traj.x0 = traj.x0[[0, 0, 2, 2]]  # each group holds two copies of one sample
+    cond = s.adapter.encode(["a red circle"] * 2 + ["a blue square"] * 2, 1.0)
+    seen = []
+    velocity = s.adapter.velocity
+    s.adapter.velocity = lambda xt, sigma, *a: seen.append((xt.detach(), sigma)) or velocity(xt, sigma, *a)
+    m = s._update_awm(traj, cond, torch.tensor([1.0, -1.0, 0.5, -0.5]), (0, 4, 4))
+    assert len(seen) == 2
+    for xt, sigma in seen:
+        same = [torch.equal(sigma[0], sigma[1]), torch.equal(sigma[2], sigma[3]), torch.equal(xt[0], xt[1]),
+                torch.equal(xt[2], xt[3])]
+        assert all(same) if group_noise else not any(same)
+        assert not torch.equal(sigma[0], sigma[2]) and not torch.equal(xt[0], xt[2])
+    if group_noise:
+        assert abs(m["loss"]) < 1e-12
+    else:
+        assert abs(m["loss"]) > 1e-6

@@ -47,6 +47,9 @@ class GRPOConfig:
     adv_clip: float = 5.0
     awm_timesteps: int = 4                  # noise levels sampled per image for AWM
     awm_negative_weight: float = 1.0        # AWM: scale of negative advantages (0 = only pull toward better samples)
+    # AWM: every image of a prompt's group gets the same noise levels and noise (common random numbers); advantages sum
+    # to zero within a group, so the part of the loss gradient that does not depend on the sample cancels
+    awm_group_noise: bool = False
     inner_epochs: int = 1
     # draw each image's layout from the layout encoder (shapesworld) so a group holds different layouts; the draw's
     # log-prob gets the same clipped-ratio update as the SDE steps (needs lora_extra = ["layout_encoder"])

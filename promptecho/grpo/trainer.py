@@ -346,8 +346,12 @@ class GRPOSession:
         for _ in range(cfg.inner_epochs):
             self.opt.zero_grad(set_to_none=True)
             for _ in range(k):
-                sigma = torch.rand(n, generator=g).mul(0.98).add(0.01)[lo:hi]
-                noise = torch.randn((n, *x0.shape[1:]), generator=g, dtype=torch.float32)[lo:hi].to(x0.device, x0.dtype)
+                m = n // cfg.group_size if cfg.awm_group_noise else n  # draws: one per group, or one per row
+                sigma = torch.rand(m, generator=g).mul(0.98).add(0.01)
+                noise = torch.randn((m, *x0.shape[1:]), generator=g, dtype=torch.float32)
+                if cfg.awm_group_noise:  # rows are grouped contiguously (_batch): repeat each group's draw
+                    sigma, noise = (t.repeat_interleave(cfg.group_size, 0) for t in (sigma, noise))
+                sigma, noise = sigma[lo:hi], noise[lo:hi].to(x0.device, x0.dtype)
                 xt, target = noisy_sample(x0, noise, sigma.to(x0.device))
                 v = ad.velocity(xt, sigma, cond, 1.0)
                 v_ref = None
