@@ -70,3 +70,35 @@ def test_set_overrides_any_config_field_and_refuses_unknown_ones(tmp_path):
     assert (cfg.train_steps, cfg.kl_beta, cfg.adv_mode, cfg.awm_negative_weight) == (12, 0.25, "mean", 0.5)
     with pytest.raises(SystemExit, match="no_such_field"):
         build_config(args("no_such_field=1"))
+
+
+def test_summary_intervals_match_a_direct_paired_computation():
+    """The 95 % half-widths are 1.96 * std / sqrt(n) of the per-pair differences, computed here by hand: accuracy
+    from the 0/1 differences, net win from the signs of the atom-share differences; the table prints them."""
+    base = {"correct": np.array([1, 0, 0, 1, 1, 0, 0, 0], float), "atoms": np.array([1, .5, .5, 1, 1, .25, .5, .75])}
+    trained = {"correct": np.array([1, 1, 0, 0, 1, 1, 1, 0], float), "atoms": np.array([1, 1, .25, .75, 1, 1, 1, .75])}
+    s = summarize(base, trained)
+    d_acc = [0, 1, 0, -1, 0, 1, 1, 0]
+    mean = sum(d_acc) / 8
+    sd = (sum((x - mean) ** 2 for x in d_acc) / 8) ** 0.5
+    assert abs(s["delta_accuracy_pp"] - 100 * mean) < 1e-9
+    assert abs(s["delta_accuracy_pp_ci95"] - 100 * 1.96 * sd / 8 ** 0.5) < 1e-9
+    signs = [0, 1, -1, -1, 0, 1, 1, 0]
+    m2 = sum(signs) / 8
+    assert abs(s["pair_net"] - m2) < 1e-12
+    assert abs(s["pair_net_ci95"] - 1.96 * (sum((x - m2) ** 2 for x in signs) / 8) ** 0.5 / 8 ** 0.5) < 1e-9
+    row = dict(algorithm="awm", reward="promptecho", steps=1, train_seconds=60, **s)
+    assert f"± {s['delta_accuracy_pp_ci95']:.1f}" in format_table([row])
+    assert f"± {100 * s['pair_net_ci95']:.1f}" in format_table([row])
+
+
+def test_table_gives_older_runs_the_exact_net_win_interval_from_their_shares():
+    """A proof.json written before intervals were stored: the net win's half-width from wins/losses equals the one
+    summarize computes from the per-pair signs."""
+    base = {"correct": np.zeros(5), "atoms": np.array([.5, 1, .25, .75, .5])}
+    trained = {"correct": np.zeros(5), "atoms": np.array([1, 1, 0, 1, .75])}
+    s = summarize(base, trained)
+    old = {k: v for k, v in s.items() if not k.endswith("_ci95")}
+    row = dict(algorithm="awm", reward="promptecho", steps=1, train_seconds=60, eval_prompts=5)
+    assert format_table([dict(row, **old)]).split("|")[-2] == format_table([dict(row, **s)]).split("|")[-2]
+    assert f"± {100 * s['pair_net_ci95']:.1f}" in format_table([dict(row, **old)])

@@ -54,11 +54,20 @@ def pairwise(base: np.ndarray, trained: np.ndarray) -> Dict[str, float]:
     return {"wins": wins, "losses": losses, "ties": 1.0 - wins - losses, "net": wins - losses}
 
 
+def paired_half_width(d: np.ndarray, z: float = 1.96) -> float:
+    """Half-width of the normal 95 % interval of mean(d) over paired per-(prompt, seed) differences d: how far a
+    gain could move with another draw of eval prompts (at 200 prompts a few points either way)."""
+    d = np.asarray(d, dtype=float)
+    return float(z * d.std() / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+
+
 def summarize(base, trained) -> Dict[str, float]:
     return {"base_accuracy": float(base["correct"].mean()), "trained_accuracy": float(trained["correct"].mean()),
             "base_atoms": float(base["atoms"].mean()), "trained_atoms": float(trained["atoms"].mean()),
             "delta_accuracy_pp": 100 * float(trained["correct"].mean() - base["correct"].mean()),
-            **{f"pair_{k}": v for k, v in pairwise(base["atoms"], trained["atoms"]).items()}}
+            "delta_accuracy_pp_ci95": 100 * paired_half_width(trained["correct"] - base["correct"]),
+            **{f"pair_{k}": v for k, v in pairwise(base["atoms"], trained["atoms"]).items()},
+            "pair_net_ci95": paired_half_width(np.sign(trained["atoms"] - base["atoms"]))}
 
 
 def build_config(args):
@@ -112,7 +121,10 @@ def run(args) -> Dict:
     out = {"algorithm": cfg.algorithm, "reward": cfg.reward, "steps": session.step_count, "train_seconds": round(train_seconds),
            "judge_seconds": round(t_judge), "threads": torch.get_num_threads(), "eval_prompts": len(eval_prompts),
            "train_prompts": len(train_prompts), "config": cfg.to_dict(), "curve": curve,
-           **summarize(base, trained)}
+           **summarize(base, trained),
+           # per (prompt, seed) oracle scores, so intervals or other statistics can be recomputed later
+           "per_pair": {f"{name}_{k}": [float(v) for v in d[k]] for name, d in (("base", base), ("trained", trained))
+                        for k in ("correct", "atoms")}}
     with open(os.path.join(args.out, "proof.json"), "w", encoding="utf-8") as f:
         json.dump(out, f, indent=1)
     _save_pairs(args.out, eval_prompts, base["images"], trained["images"], k=8)
@@ -133,13 +145,28 @@ def _save_pairs(out_dir: str, prompts, base_imgs, trained_imgs, k: int = 8) -> N
         f.write("\n".join(prompts[:k]) + "\n")
 
 
+def _pm(half_width, scale: float = 1.0) -> str:
+    """' ± h' (a 95 % half-width) when a run recorded one (runs before it did not)."""
+    return "" if half_width is None else f" ± {scale * half_width:.1f}"
+
+
+def _net_ci95(r: Dict):
+    """The net win's half-width; runs recorded before it was stored get it from their win and loss shares (exact:
+    the per-pair signs are +1, -1 or 0, so their variance is wins + losses - net^2)."""
+    if "pair_net_ci95" in r:
+        return r["pair_net_ci95"]
+    n, w, l = r.get("eval_prompts"), r["pair_wins"], r["pair_losses"]
+    return None if not n else 1.96 * max(w + l - (w - l) ** 2, 0.0) ** 0.5 / n ** 0.5
+
+
 def format_table(results: List[Dict]) -> str:
-    head = ("| algorithm | reward | steps | train time | oracle accuracy base → trained | Δ pp | atom share base → trained "
-            "| pairwise net win (wins/losses) |\n|---|---|---|---|---|---|---|---|")
+    head = ("| algorithm | reward | steps | train time | oracle accuracy base → trained | Δ pp (± 95 %) | atom share base → "
+            "trained | pairwise net win (± 95 %; wins/losses) |\n|---|---|---|---|---|---|---|---|")
     rows = [f"| {r['algorithm']} | {r['reward']} | {r['steps']} | {r['train_seconds'] / 60:.1f} min "
-            f"| {100 * r['base_accuracy']:.1f} % → {100 * r['trained_accuracy']:.1f} % | {r['delta_accuracy_pp']:+.1f} "
-            f"| {r['base_atoms']:.3f} → {r['trained_atoms']:.3f} "
-            f"| {100 * r['pair_net']:+.1f} pp ({100 * r['pair_wins']:.0f} % / {100 * r['pair_losses']:.0f} %) |"
+            f"| {100 * r['base_accuracy']:.1f} % → {100 * r['trained_accuracy']:.1f} % | {r['delta_accuracy_pp']:+.1f}"
+            f"{_pm(r.get('delta_accuracy_pp_ci95'))} | {r['base_atoms']:.3f} → {r['trained_atoms']:.3f} "
+            f"| {100 * r['pair_net']:+.1f} pp{_pm(_net_ci95(r), 100)} ({100 * r['pair_wins']:.0f} % / "
+            f"{100 * r['pair_losses']:.0f} %) |"
             for r in results]
     return "\n".join([head] + rows)
 
