@@ -262,7 +262,6 @@ def test_awm_group_noise_gives_a_group_common_noise_so_identical_samples_cancel(
     cond = s.adapter.encode(["a red circle"] * 2 + ["a blue square"] * 2, 1.0)
     traj = s.sample(cond, [1, 2, 3, 4], 3, 1.0, 0.0, set(), None, record=False, rows=(0, 4, 4))
     traj.x0 = traj.x0[[0, 0, 2, 2]]  # each group holds two copies of one sample
-    cond = s.adapter.encode(["a red circle"] * 2 + ["a blue square"] * 2, 1.0)
     seen = []
     velocity = s.adapter.velocity
     s.adapter.velocity = lambda xt, sigma, *a: seen.append((xt.detach(), sigma)) or velocity(xt, sigma, *a)

@@ -54,7 +54,10 @@ def pairwise(base: np.ndarray, trained: np.ndarray) -> Dict[str, float]:
     return {"wins": wins, "losses": losses, "ties": 1.0 - wins - losses, "net": wins - losses}
 
 
-def paired_half_width(d: np.ndarray, z: float = 1.96) -> float:
+Z95 = 1.96  # normal quantile of a two-sided 95 % interval
+
+
+def paired_half_width(d: np.ndarray, z: float = Z95) -> float:
     """Half-width of the normal 95 % interval of mean(d) over paired per-(prompt, seed) differences d: how far a
     gain could move with another draw of eval prompts (at 200 prompts a few points either way)."""
     d = np.asarray(d, dtype=float)
@@ -156,7 +159,7 @@ def _net_ci95(r: Dict):
     if "pair_net_ci95" in r:
         return r["pair_net_ci95"]
     n, w, l = r.get("eval_prompts"), r["pair_wins"], r["pair_losses"]
-    return None if not n else 1.96 * max(w + l - (w - l) ** 2, 0.0) ** 0.5 / n ** 0.5
+    return None if not n else Z95 * max(w + l - (w - l) ** 2, 0.0) ** 0.5 / n ** 0.5
 
 
 def format_table(results: List[Dict]) -> str:

@@ -343,10 +343,10 @@ class GRPOSession:
         adv = torch.where(adv < 0, adv * cfg.awm_negative_weight, adv)
         stats = {"loss": 0.0, "kl": 0.0}
         k = cfg.awm_timesteps
+        m = n // cfg.group_size if cfg.awm_group_noise else n  # noise draws: one per group, or one per row
         for _ in range(cfg.inner_epochs):
             self.opt.zero_grad(set_to_none=True)
             for _ in range(k):
-                m = n // cfg.group_size if cfg.awm_group_noise else n  # draws: one per group, or one per row
                 sigma = torch.rand(m, generator=g).mul(0.98).add(0.01)
                 noise = torch.randn((m, *x0.shape[1:]), generator=g, dtype=torch.float32)
                 if cfg.awm_group_noise:  # rows are grouped contiguously (_batch): repeat each group's draw
