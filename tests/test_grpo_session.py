@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from fixtures.grpo import brightness_reward, tiny_sd3_pipeline, tiny_shapes_pipeline
 from promptecho.grpo.adapters import AdapterError, make_adapter
-from promptecho.grpo.config import GRPOConfig
+from promptecho.grpo.config import ConfigError, GRPOConfig
 from promptecho.grpo.trainer import GRPOSession, SelfCheckError
 
 PROMPTS = ["a red circle", "a blue square", "a green triangle"]
@@ -276,3 +276,25 @@ def test_awm_group_noise_gives_a_group_common_noise_so_identical_samples_cancel(
         assert abs(m["loss"]) < 1e-12
     else:
         assert abs(m["loss"]) > 1e-6
+
+
+def test_awm_sigma_range_bounds_the_noise_levels_awm_trains_on(tmp_path):
+    """awm_sigma_range: every noise level AWM draws lies in [low, high], and the draws fill it (not a constant)."""
+    s = GRPOSession(_cfg(tmp_path, algorithm="awm", awm_sigma_range=[0.6, 0.9], awm_timesteps=8),
+                    make_adapter("shapesworld", tiny_shapes_pipeline()), brightness_reward,
+                    train_prompts=PROMPTS).start()
+    cond = s.adapter.encode(["a red circle"] * 4, 1.0)
+    traj = s.sample(cond, [1, 2, 3, 4], 3, 1.0, 0.0, set(), None, record=False, rows=(0, 4, 4))
+    seen = []
+    velocity = s.adapter.velocity
+    s.adapter.velocity = lambda xt, sigma, *a: seen.append(sigma) or velocity(xt, sigma, *a)
+    s._update_awm(traj, cond, torch.tensor([1.0, -1.0, 0.5, -0.5]), (0, 4, 4))
+    sig = torch.cat(seen)
+    assert len(sig) == 32 and float(sig.min()) >= 0.6 and float(sig.max()) <= 0.9
+    assert float(sig.max() - sig.min()) > 0.15
+
+
+@pytest.mark.parametrize("bad", [[0.0, 0.5], [0.5, 0.5], [0.7, 0.3], [0.2, 1.5], [0.5]])
+def test_awm_sigma_range_is_validated(bad):
+    with pytest.raises(ConfigError, match="awm_sigma_range"):
+        GRPOConfig(awm_sigma_range=bad).validate()

@@ -344,10 +344,11 @@ class GRPOSession:
         stats = {"loss": 0.0, "kl": 0.0}
         k = cfg.awm_timesteps
         m = n // cfg.group_size if cfg.awm_group_noise else n  # noise draws: one per group, or one per row
+        s_lo, s_hi = cfg.awm_sigma_range
         for _ in range(cfg.inner_epochs):
             self.opt.zero_grad(set_to_none=True)
             for _ in range(k):
-                sigma = torch.rand(m, generator=g).mul(0.98).add(0.01)
+                sigma = torch.rand(m, generator=g).mul(s_hi - s_lo).add(s_lo)
                 noise = torch.randn((m, *x0.shape[1:]), generator=g, dtype=torch.float32)
                 if cfg.awm_group_noise:  # rows are grouped contiguously (_batch): repeat each group's draw
                     sigma, noise = (t.repeat_interleave(cfg.group_size, 0) for t in (sigma, noise))
