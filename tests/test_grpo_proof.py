@@ -102,3 +102,31 @@ def test_table_gives_older_runs_the_exact_net_win_interval_from_their_shares():
     row = dict(algorithm="awm", reward="promptecho", steps=1, train_seconds=60, eval_prompts=5)
     assert format_table([dict(row, **old)]).split("|")[-2] == format_table([dict(row, **s)]).split("|")[-2]
     assert f"± {100 * s['pair_net_ci95']:.1f}" in format_table([dict(row, **old)])
+
+
+def test_judge_train_seeds_reports_the_fit_on_training_prompts(tmp_path):
+    """--judge-train-seeds: base and trained model judged on the training prompts too; the base figures equal the
+    oracle's verdict on the plain diffusers pipeline's images for those prompts and seeds (computed here apart)."""
+    import json
+
+    from promptecho.shapes import default_generator_path
+    from promptecho.shapes.generator import load_generator
+    from promptecho.shapes.oracle import check
+    from promptecho.grpo.shapes_proof import main
+
+    out = tmp_path / "run"
+    assert main(["--algorithm", "awm", "--reward", "shapes_oracle", "--max-steps", "1", "--train-prompts", "2",
+                 "--eval-prompts", "2", "--judge-train-seeds", "2", "--threads", "1", "--out", str(out),
+                 "--set", "group_size=2", "prompts_per_step=1"]) == 0
+    r = json.loads((out / "proof.json").read_text())
+    fit = r["train_fit"]
+    assert fit["prompts"] == 2 and fit["seeds"] == 2
+    train, _ = prompt_sets(2, 2)
+    pipe = load_generator(default_generator_path())
+    prompts = [p for p in train for _ in range(2)]
+    imgs = pipe(prompts, num_inference_steps=12, guidance_scale=2.5,
+                generator=[torch.Generator().manual_seed(7000 + i) for i in range(4)]).images
+    want = [check(im, p) for im, p in zip(imgs, prompts)]
+    assert abs(fit["base_accuracy"] - np.mean([w.correct for w in want])) < 1e-12
+    assert abs(fit["base_atoms"] - np.mean([w.fraction for w in want])) < 1e-12
+    assert 0 <= fit["trained_accuracy"] <= 1 and "pair_net" in fit

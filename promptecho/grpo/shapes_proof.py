@@ -105,8 +105,12 @@ def run(args) -> Dict:
     train_prompts, eval_prompts = prompt_sets(args.train_prompts, args.eval_prompts, args.seed)
     session = GRPOSession(cfg, train_prompts=train_prompts, eval_prompts=eval_prompts[:4]).start()
     seeds = [5000 + i for i in range(len(eval_prompts))]
+    # the training prompts themselves (each with --judge-train-seeds seeds): can the update fit what it trains on?
+    fit_prompts = [p for p in train_prompts[:args.judge_train_prompts] for _ in range(args.judge_train_seeds)]
+    fit_seeds = [7000 + i for i in range(len(fit_prompts))]
     t0 = time.time()
     base = judge(session.adapter, eval_prompts, seeds, cfg.eval_steps, cfg.eval_cfg, lora=False)
+    base_fit = judge(session.adapter, fit_prompts, fit_seeds, cfg.eval_steps, cfg.eval_cfg, lora=False) if fit_prompts else None
     t_judge = time.time() - t0
     t0 = time.time()
     curve = []
@@ -121,10 +125,15 @@ def run(args) -> Dict:
     train_seconds = time.time() - t0
     session.save_checkpoint()
     trained = judge(session.adapter, eval_prompts, seeds, cfg.eval_steps, cfg.eval_cfg, lora=True)
+    fit = {}
+    if fit_prompts:
+        trained_fit = judge(session.adapter, fit_prompts, fit_seeds, cfg.eval_steps, cfg.eval_cfg, lora=True)
+        fit = {"train_fit": {"prompts": min(len(train_prompts), args.judge_train_prompts), "seeds": args.judge_train_seeds,
+                             **summarize(base_fit, trained_fit)}}
     out = {"algorithm": cfg.algorithm, "reward": cfg.reward, "steps": session.step_count, "train_seconds": round(train_seconds),
            "judge_seconds": round(t_judge), "threads": torch.get_num_threads(), "eval_prompts": len(eval_prompts),
            "train_prompts": len(train_prompts), "config": cfg.to_dict(), "curve": curve,
-           **summarize(base, trained),
+           **summarize(base, trained), **fit,
            # per (prompt, seed) oracle scores, so intervals or other statistics can be recomputed later
            "per_pair": {f"{name}_{k}": [float(v) for v in d[k]] for name, d in (("base", base), ("trained", trained))
                         for k in ("correct", "atoms")}}
@@ -188,6 +197,10 @@ def main(argv=None) -> int:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="any other session-config field, e.g. --set train_steps=12 awm_negative_weight=0 (values parsed as JSON)")
     ap.add_argument("--train-prompts", type=int, default=2000)
+    ap.add_argument("--judge-train-seeds", type=int, default=0,
+                    help="also judge base and trained model on training prompts with this many seeds each (0 = off): "
+                         "with a few --train-prompts this shows whether the update can fit what it trains on")
+    ap.add_argument("--judge-train-prompts", type=int, default=50, help="how many training prompts that judges")
     ap.add_argument("--eval-prompts", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
@@ -205,6 +218,11 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     r = run(args)
     print(format_table([r]))
+    if "train_fit" in r:
+        f = r["train_fit"]
+        print(f"training prompts ({f['prompts']} x {f['seeds']} seeds): oracle accuracy {100 * f['base_accuracy']:.1f} % -> "
+              f"{100 * f['trained_accuracy']:.1f} % ({f['delta_accuracy_pp']:+.1f} ± {f['delta_accuracy_pp_ci95']:.1f} pp), "
+              f"net win {100 * f['pair_net']:+.1f} pp")
     return 0
 
 
