@@ -32,9 +32,9 @@ def comfy_sd3_expected(n_blocks):
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _trained(tmp_path, name, pipe, steps=2):
+def _trained(tmp_path, name, pipe, steps=2, targets=ALL_TARGETS):
     cfg = GRPOConfig(adapter=name, train_steps=3, eval_steps=3, group_size=2, prompts_per_step=1, lora_rank=2,
-                     lora_alpha=4.0, lr=5e-2, clip_range=0.2, lora_targets=ALL_TARGETS,
+                     lora_alpha=4.0, lr=5e-2, clip_range=0.2, lora_targets=targets,
                      output_dir=str(tmp_path / "run"), max_steps=steps, eval_every=0, checkpoint_every=0)
     s = GRPOSession(cfg, make_adapter(name, pipe), brightness_reward, train_prompts=["a red cat", "a blue dog"],
                     run_self_checks=False).start()
@@ -94,3 +94,22 @@ def test_shapes_export_via_load_lora_adapter_and_cli(tmp_path):
     loaded = make_adapter("shapesworld", fresh).pipeline_images(["a red cat"], [1], 3, 2.0)
     assert torch.equal(loaded, trained)
     assert main(["export-lora", str(tmp_path / "nothing"), "--out", out]) == 2
+
+
+def test_shapes_export_with_mlp_and_output_projection_targets_round_trips(tmp_path):
+    """The wide ShapesWorld targets (image-token MLPs and the output projection besides attention) export and load
+    back to the trained model's exact output through the pipeline's own load_lora_weights."""
+    base = tiny_shapes_pipeline()
+    wide = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_out"]
+    s = _trained(tmp_path, "shapesworld", copy.deepcopy(base), targets=wide)
+    trained = s.adapter.pipeline_images(["a red cat"], [1], 3, 2.0)
+    path = s.export_lora(str(tmp_path / "wide.safetensors"))
+    with safe_open(path, "pt") as f:
+        keys = set(f.keys())
+    assert any(".ff.net.2." in k for k in keys) and any(k.startswith("transformer.proj_out.") for k in keys)
+    assert not any("ff_context" in k for k in keys)
+    fresh = copy.deepcopy(base)
+    assert fresh.load_lora_weights(path) == ["transformer"]
+    assert torch.equal(make_adapter("shapesworld", fresh).pipeline_images(["a red cat"], [1], 3, 2.0), trained)
+    assert not torch.equal(make_adapter("shapesworld", copy.deepcopy(base)).pipeline_images(["a red cat"], [1], 3, 2.0),
+                           trained)
