@@ -294,7 +294,7 @@ def test_awm_sigma_range_bounds_the_noise_levels_awm_trains_on(tmp_path):
     assert float(sig.max() - sig.min()) > 0.15
 
 
-@pytest.mark.parametrize("bad", [[0.0, 0.5], [0.5, 0.5], [0.7, 0.3], [0.2, 1.5], [0.5]])
+@pytest.mark.parametrize("bad", [[0.0, 0.5], [0.5, 0.5], [0.7, 0.3], [0.2, 1.5], [0.5], ["0.2", 0.5], 0.5])
 def test_awm_sigma_range_is_validated(bad):
     with pytest.raises(ConfigError, match="awm_sigma_range"):
         GRPOConfig(awm_sigma_range=bad).validate()

@@ -215,6 +215,8 @@ def main(argv=None) -> int:
                 results.append(json.load(f))
         print(format_table(results))
         return 0
+    if args.judge_train_seeds < 0 or args.judge_train_prompts < 1:
+        ap.error("--judge-train-seeds must be >= 0 and --judge-train-prompts >= 1")
     torch.set_num_threads(args.threads)
     r = run(args)
     print(format_table([r]))
