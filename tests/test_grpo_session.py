@@ -298,3 +298,36 @@ def test_awm_sigma_range_bounds_the_noise_levels_awm_trains_on(tmp_path):
 def test_awm_sigma_range_is_validated(bad):
     with pytest.raises(ConfigError, match="awm_sigma_range"):
         GRPOConfig(awm_sigma_range=bad).validate()
+
+
+def test_awm_ema_kl_is_zero_at_first_and_the_average_follows_each_update(tmp_path):
+    """ema_kl_beta: the moving average starts at the initial LoRA weights, so the first update's loss equals the
+    plain AWM loss; after each optimiser step ema = decay * ema + (1 - decay) * weights (checked by hand); the
+    velocity distance to it is positive once the weights have moved; a checkpoint restores it exactly."""
+    def session(sub, **kw):
+        cfg = _cfg(tmp_path / sub, algorithm="awm", awm_timesteps=2, **kw)
+        return GRPOSession(cfg, make_adapter("shapesworld", tiny_shapes_pipeline()), brightness_reward,
+                           train_prompts=PROMPTS, run_self_checks=False).start()
+    plain, ema = session("plain"), session("ema", ema_kl_beta=0.5, ema_decay=0.75)
+    assert all(torch.equal(e, p) for e, p in zip(ema.ema, ema.params))
+    m_plain, m_ema = plain.step(), ema.step()
+    assert m_ema["loss"] == m_plain["loss"] and m_ema["ema_kl"] == 0.0
+    before = [e.clone() for e in ema.ema]
+    m2 = ema.step()
+    want = [0.75 * b + 0.25 * p.detach() for b, p in zip(before, ema.params)]
+    assert all(torch.allclose(e, w, atol=1e-7, rtol=0) for e, w in zip(ema.ema, want))
+    assert m2["ema_kl"] > 0
+    assert not all(torch.equal(e, p) for e, p in zip(ema.ema, ema.params))
+    ckpt = ema.save_checkpoint()
+    again = session("ema", ema_kl_beta=0.5, ema_decay=0.75)
+    again.load_checkpoint(ckpt)
+    assert all(torch.equal(a, e) for a, e in zip(again.ema, ema.ema))
+    with pytest.raises(ValueError, match="no moving average"):
+        session("ema2", ema_kl_beta=0.5).load_checkpoint(plain.save_checkpoint())
+
+
+def test_ema_kl_beta_is_validated():
+    with pytest.raises(ConfigError, match="AWM option"):
+        GRPOConfig(algorithm="grpo", ema_kl_beta=0.1).validate()
+    with pytest.raises(ConfigError, match="ema_decay"):
+        GRPOConfig(algorithm="awm", ema_kl_beta=0.1, ema_decay=1.0).validate()

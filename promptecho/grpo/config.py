@@ -53,6 +53,10 @@ class GRPOConfig:
     # AWM: noise levels drawn uniformly in [low, high], e.g. to train only at high noise, where composition (which
     # object where, how many) is decided; [0.5, 0.99] measured worse on ShapesWorld (README), hence the full range
     awm_sigma_range: List[float] = field(default_factory=lambda: [0.01, 0.99])
+    # AWM trust region: beta * ||v - v_ema||^2, a velocity distance to an exponential moving average of the LoRA
+    # weights (decay ema_decay per update), so the policy cannot run far from where it has recently been (0 = off)
+    ema_kl_beta: float = 0.0
+    ema_decay: float = 0.9
     inner_epochs: int = 1
     # draw each image's layout from the layout encoder (shapesworld) so a group holds different layouts; the draw's
     # log-prob gets the same clipped-ratio update as the SDE steps (needs lora_extra = ["layout_encoder"])
@@ -107,6 +111,8 @@ class GRPOConfig:
         need(isinstance(r, list) and len(r) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in r)
              and 0 < r[0] < r[1] <= 1,
              f"awm_sigma_range must be [low, high] with 0 < low < high <= 1, got {self.awm_sigma_range}")
+        need(self.ema_kl_beta >= 0 and 0 <= self.ema_decay < 1, "ema_kl_beta must be >= 0 and ema_decay in [0, 1)")
+        need(self.ema_kl_beta == 0 or self.algorithm == "awm", "ema_kl_beta is an AWM option (algorithm = \"awm\")")
         need(self.layout_temperature > 0, "layout_temperature must be > 0")
         need(not self.layout_sampling or "layout_encoder" in self.lora_extra,
              "layout_sampling trains the layout encoder's choice: add \"layout_encoder\" to lora_extra")

@@ -14,6 +14,7 @@ is DDP's (mean of per-process gradients of equal-sized shards).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -126,6 +127,8 @@ class GRPOSession:
         for p in self.params:
             p.data = p.data.float()
         self.opt = torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        # moving average of the LoRA weights (ema_kl_beta); starts at the initial weights, saved in checkpoints
+        self.ema = [p.detach().clone() for p in self.params] if self.cfg.ema_kl_beta > 0 else None
         if self.is_main:
             os.makedirs(self.out, exist_ok=True)
             self.cfg.save(os.path.join(self.out, "config.toml"))
@@ -197,6 +200,18 @@ class GRPOSession:
     def base_model(self):
         """Every LoRA of the session switched off inside the block (the frozen base model, for KL and judging)."""
         return self.adapter.base_model()
+
+    @contextlib.contextmanager
+    def ema_weights(self):
+        """The LoRA weights replaced by their moving average inside the block (ema_kl_beta > 0)."""
+        saved = [p.data for p in self.params]
+        try:
+            for p, e in zip(self.params, self.ema):
+                p.data = e
+            yield
+        finally:
+            for p, d in zip(self.params, saved):
+                p.data = d
 
     # ---------------------------------------------------------------------------------- self-checks
     def self_check(self, tol: float = 1e-5) -> Dict[str, float]:
@@ -359,7 +374,14 @@ class GRPOSession:
                 if cfg.kl_beta > 0:
                     with self.base_model(), torch.no_grad():
                         v_ref = ad.velocity(xt, sigma, cond, 1.0)
-                loss, kl = awm_loss(v, target, adv, v_ref, cfg.kl_beta, weight=ad.fm_weight(sigma))
+                w = ad.fm_weight(sigma)
+                loss, kl = awm_loss(v, target, adv, v_ref, cfg.kl_beta, weight=w)
+                if self.ema is not None:
+                    with self.ema_weights(), torch.no_grad():
+                        v_ema = ad.velocity(xt, sigma, cond, 1.0)
+                    ema_kl = ((v.float() - v_ema.float()) ** 2).flatten(1).mean(1)
+                    loss = loss + cfg.ema_kl_beta * (w.to(ema_kl) * ema_kl).mean()
+                    stats["ema_kl"] = stats.get("ema_kl", 0.0) + float(ema_kl.detach().mean()) / k
                 (loss / k).backward()
                 stats["loss"] += float(loss.detach()) / k
                 stats["kl"] += float(kl.detach().mean()) / k
@@ -378,6 +400,10 @@ class GRPOSession:
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            with torch.no_grad():
+                for e, p in zip(self.ema, self.params):
+                    e.lerp_(p.detach(), 1 - self.cfg.ema_decay)
 
     # ------------------------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -528,6 +554,7 @@ class GRPOSession:
                       os.path.join(tmp, self._lora_file(prefix)))
         np_state = np.random.get_state()
         torch.save({"step": self.step_count, "optimizer": self.opt.state_dict(), "history": self.history,
+                    "ema": self.ema,
                     "rng": {"torch": torch.get_rng_state(), "python": list(map(lambda x: list(x) if isinstance(x, tuple) else x, random.getstate())),
                             "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}},
                    os.path.join(tmp, "state.pt"))
@@ -567,6 +594,12 @@ class GRPOSession:
                 raise ValueError(f"checkpoint LoRA does not fit this model: unexpected keys {res.unexpected_keys[:3]}")
         st = torch.load(os.path.join(path, "state.pt"), weights_only=True)
         self.opt.load_state_dict(st["optimizer"])
+        if self.ema is not None:
+            if st.get("ema") is None:
+                raise ValueError(f"checkpoint {path} holds no moving average of the LoRA weights: it was trained "
+                                 "with ema_kl_beta = 0")
+            for e, saved in zip(self.ema, st["ema"]):
+                e.copy_(saved)
         self.step_count = int(st["step"])
         self.history = list(st["history"])
         torch.set_rng_state(st["rng"]["torch"])
