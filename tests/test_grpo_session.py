@@ -251,6 +251,14 @@ def test_lora_extra_names_what_the_adapter_can_adapt(tmp_path):
                     brightness_reward, train_prompts=PROMPTS).start()
 
 
+def _record_velocity_inputs(session) -> list:
+    """Wrap the session adapter's velocity so every call's (x_t, sigma) is appended to the returned list."""
+    seen = []
+    velocity = session.adapter.velocity
+    session.adapter.velocity = lambda xt, sigma, *a: seen.append((xt.detach(), sigma)) or velocity(xt, sigma, *a)
+    return seen
+
+
 @pytest.mark.parametrize("group_noise", [True, False])
 def test_awm_group_noise_gives_a_group_common_noise_so_identical_samples_cancel(tmp_path, group_noise):
     """awm_group_noise: every row of a prompt's group is noised with the same sigma and noise, different groups with
@@ -262,9 +270,7 @@ def test_awm_group_noise_gives_a_group_common_noise_so_identical_samples_cancel(
     cond = s.adapter.encode(["a red circle"] * 2 + ["a blue square"] * 2, 1.0)
     traj = s.sample(cond, [1, 2, 3, 4], 3, 1.0, 0.0, set(), None, record=False, rows=(0, 4, 4))
     traj.x0 = traj.x0[[0, 0, 2, 2]]  # each group holds two copies of one sample
-    seen = []
-    velocity = s.adapter.velocity
-    s.adapter.velocity = lambda xt, sigma, *a: seen.append((xt.detach(), sigma)) or velocity(xt, sigma, *a)
+    seen = _record_velocity_inputs(s)
     m = s._update_awm(traj, cond, torch.tensor([1.0, -1.0, 0.5, -0.5]), (0, 4, 4))
     assert len(seen) == 2
     for xt, sigma in seen:
@@ -285,11 +291,9 @@ def test_awm_sigma_range_bounds_the_noise_levels_awm_trains_on(tmp_path):
                     train_prompts=PROMPTS).start()
     cond = s.adapter.encode(["a red circle"] * 4, 1.0)
     traj = s.sample(cond, [1, 2, 3, 4], 3, 1.0, 0.0, set(), None, record=False, rows=(0, 4, 4))
-    seen = []
-    velocity = s.adapter.velocity
-    s.adapter.velocity = lambda xt, sigma, *a: seen.append(sigma) or velocity(xt, sigma, *a)
+    seen = _record_velocity_inputs(s)
     s._update_awm(traj, cond, torch.tensor([1.0, -1.0, 0.5, -0.5]), (0, 4, 4))
-    sig = torch.cat(seen)
+    sig = torch.cat([sigma for _, sigma in seen])
     assert len(sig) == 32 and float(sig.min()) >= 0.6 and float(sig.max()) <= 0.9
     assert float(sig.max() - sig.min()) > 0.15
 

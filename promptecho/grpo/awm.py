@@ -17,17 +17,22 @@ def noisy_sample(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> 
     return (1 - s) * x0 + s * noise, noise - x0
 
 
+def velocity_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean squared distance [B] between two velocity (or target) batches, in float32."""
+    return ((a.float() - b.float()) ** 2).flatten(1).mean(1)
+
+
 def awm_loss(v_pred: torch.Tensor, target: torch.Tensor, adv: torch.Tensor, v_ref: Optional[torch.Tensor] = None,
              kl_beta: float = 0.0, weight: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """mean_i(A_i * w_i * ||v_i - target_i||^2) (+ beta * w_i * ||v_i - v_ref_i||^2); returns (loss, per-sample KL).
 
     w_i (default 1) is the pipeline's own pre-training weight at sample i's noise level (FlowAdapter.fm_weight), so
     that AWM optimises the objective the model was trained with."""
-    fm = ((v_pred.float() - target.float()) ** 2).flatten(1).mean(1)
+    fm = velocity_distance(v_pred, target)
     w = torch.ones_like(fm) if weight is None else weight.to(fm.device, fm.dtype).reshape(-1).expand_as(fm)
     loss = (adv.float() * w * fm).mean()
     kl = torch.zeros_like(fm)
     if v_ref is not None:
-        kl = ((v_pred.float() - v_ref.float()) ** 2).flatten(1).mean(1)
+        kl = velocity_distance(v_pred, v_ref)
         loss = loss + kl_beta * (w * kl).mean()
     return loss, kl
