@@ -130,3 +130,35 @@ def test_judge_train_seeds_reports_the_fit_on_training_prompts(tmp_path):
     assert abs(fit["base_accuracy"] - np.mean([w.correct for w in want])) < 1e-12
     assert abs(fit["base_atoms"] - np.mean([w.fraction for w in want])) < 1e-12
     assert 0 <= fit["trained_accuracy"] <= 1 and "pair_net" in fit
+
+
+def test_make_proof_commands_build_the_recipes_the_readme_reports():
+    """`make proof` as make expands it: three runs whose arguments parse and validate, with the recipe the README
+    table reports (wide LoRA; AWM with the EMA trust region, Flow-GRPO with a KL to the base)."""
+    import shlex
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    import pytest
+
+    from promptecho.grpo.shapes_proof import arg_parser, build_config
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    root = Path(__file__).resolve().parents[1]
+    text = subprocess.run(["make", "-n", "-s", "proof"], cwd=root, capture_output=True, text=True, check=True).stdout
+    runs = [line.rstrip(" \\&") for line in text.splitlines() if "shapes_proof" in line and "--algorithm" in line]
+    assert len(runs) == 3
+    cfgs = {}
+    for line in runs:
+        argv = shlex.split(line)
+        args = arg_parser().parse_args(argv[argv.index("promptecho.grpo.shapes_proof") + 1:])
+        assert (args.minutes, args.threads, args.eval_prompts) == (30, 1, 400)
+        cfgs[(args.algorithm, args.reward)] = build_config(args)
+    assert set(cfgs) == {("awm", "promptecho"), ("grpo", "promptecho"), ("awm", "vqascore")}
+    for cfg in cfgs.values():
+        assert {"to_q", "ff.net.0.proj", "ff.net.2", "proj_out"} <= set(cfg.lora_targets)
+    assert cfgs["awm", "promptecho"].ema_kl_beta == cfgs["awm", "vqascore"].ema_kl_beta == 10.0
+    grpo = cfgs["grpo", "promptecho"]
+    assert (grpo.kl_beta, grpo.sde_window, grpo.ema_kl_beta) == (0.04, [0, 5], 0.0)

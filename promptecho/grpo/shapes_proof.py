@@ -183,7 +183,7 @@ def format_table(results: List[Dict]) -> str:
     return "\n".join([head] + rows)
 
 
-def main(argv=None) -> int:
+def arg_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--algorithm", default="grpo", choices=["grpo", "awm"])
     ap.add_argument("--reward", default="promptecho", help="promptecho | vqascore | a weighted combination")
@@ -207,6 +207,11 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint-every", type=int, default=0)
     ap.add_argument("--table", nargs="*", metavar="JSON", help="print the README table of finished runs and exit")
     ap.add_argument("--verbose", action="store_true")
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = arg_parser()
     args = ap.parse_args(argv)
     if args.table is not None:
         results = []
