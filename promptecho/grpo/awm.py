@@ -22,6 +22,13 @@ def velocity_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return ((a.float() - b.float()) ** 2).flatten(1).mean(1)
 
 
+def sample_weight(weight: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """The per-sample loss weight as a [B] tensor matching `like` (a per-sample distance); None = all ones."""
+    if weight is None:
+        return torch.ones_like(like)
+    return weight.to(like.device, like.dtype).reshape(-1).expand_as(like)
+
+
 def awm_loss(v_pred: torch.Tensor, target: torch.Tensor, adv: torch.Tensor, v_ref: Optional[torch.Tensor] = None,
              kl_beta: float = 0.0, weight: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """mean_i(A_i * w_i * ||v_i - target_i||^2) (+ beta * w_i * ||v_i - v_ref_i||^2); returns (loss, per-sample KL).
@@ -29,7 +36,7 @@ def awm_loss(v_pred: torch.Tensor, target: torch.Tensor, adv: torch.Tensor, v_re
     w_i (default 1) is the pipeline's own pre-training weight at sample i's noise level (FlowAdapter.fm_weight), so
     that AWM optimises the objective the model was trained with."""
     fm = velocity_distance(v_pred, target)
-    w = torch.ones_like(fm) if weight is None else weight.to(fm.device, fm.dtype).reshape(-1).expand_as(fm)
+    w = sample_weight(weight, fm)
     loss = (adv.float() * w * fm).mean()
     kl = torch.zeros_like(fm)
     if v_ref is not None:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from . import sde
-from .awm import awm_loss, noisy_sample, velocity_distance
+from .awm import awm_loss, noisy_sample, sample_weight, velocity_distance
 from .config import GRPOConfig
 
 log = logging.getLogger("promptecho.grpo")
@@ -380,7 +380,7 @@ class GRPOSession:
                     with self.ema_weights(), torch.no_grad():
                         v_ema = ad.velocity(xt, sigma, cond, 1.0)
                     ema_kl = velocity_distance(v, v_ema)
-                    loss = loss + cfg.ema_kl_beta * (w.to(ema_kl) * ema_kl).mean()
+                    loss = loss + cfg.ema_kl_beta * (sample_weight(w, ema_kl) * ema_kl).mean()
                     stats["ema_kl"] = stats.get("ema_kl", 0.0) + float(ema_kl.detach().mean()) / k
                 (loss / k).backward()
                 stats["loss"] += float(loss.detach()) / k
