@@ -81,3 +81,16 @@ def test_reward_specs_and_combination():
     b = lambda ims, ps: [10.0, 0.0]  # noqa: E731
     f = build_reward("a:2+b:0.5", custom={"a": a, "b": b})
     assert f([None, None], ["p", "q"]) == [7.0, 4.0]
+
+
+def test_preset_is_a_copy_and_the_two_proof_recipes_differ_only_in_their_algorithm_knobs():
+    """Editing a session's config never edits a preset (they share list values); the AWM and Flow-GRPO proof presets
+    share LoRA, sampler and lr and differ only where the README's trust-region runs differ."""
+    awm = preset("ShapesWorld proof")
+    awm.lora_targets.append("proj_in")
+    assert "proj_in" not in preset("ShapesWorld proof").lora_targets
+    a, g = preset("ShapesWorld proof").to_dict(), preset("ShapesWorld proof Flow-GRPO").to_dict()
+    assert {k for k in a if a[k] != g[k]} == {"algorithm", "ema_kl_beta", "kl_beta", "sde_window"}
+    assert (a["algorithm"], a["ema_kl_beta"], a["kl_beta"]) == ("awm", 10.0, 0.0)
+    assert (g["algorithm"], g["ema_kl_beta"], g["kl_beta"], g["sde_window"]) == ("grpo", 0.0, 0.04, [0, 5])
+    assert "ff.net.2" in a["lora_targets"] and "proj_out" in g["lora_targets"]

@@ -134,7 +134,8 @@ def test_judge_train_seeds_reports_the_fit_on_training_prompts(tmp_path):
 
 def test_make_proof_commands_build_the_recipes_the_readme_reports():
     """`make proof` as make expands it: three runs whose arguments parse and validate, with the recipe the README
-    table reports (wide LoRA; AWM with the EMA trust region, Flow-GRPO with a KL to the base)."""
+    table reports (wide LoRA; AWM with the EMA trust region, Flow-GRPO with a KL to the base), which are the two
+    proof presets the Train tab offers."""
     import shlex
     import shutil
     import subprocess
@@ -162,3 +163,8 @@ def test_make_proof_commands_build_the_recipes_the_readme_reports():
     assert cfgs["awm", "promptecho"].ema_kl_beta == cfgs["awm", "vqascore"].ema_kl_beta == 10.0
     grpo = cfgs["grpo", "promptecho"]
     assert (grpo.kl_beta, grpo.sde_window, grpo.ema_kl_beta) == (0.04, [0, 5], 0.0)
+    from promptecho.grpo.config import preset
+    for (algorithm, _), cfg in cfgs.items():
+        name = {"awm": "ShapesWorld proof", "grpo": "ShapesWorld proof Flow-GRPO"}[algorithm]
+        want = preset(name).to_dict()
+        assert {k for k, v in cfg.to_dict().items() if v != want[k]} <= {"reward", "output_dir", "threads", "max_steps"}

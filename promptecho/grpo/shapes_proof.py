@@ -73,10 +73,13 @@ def summarize(base, trained) -> Dict[str, float]:
             "pair_net_ci95": paired_half_width(np.sign(trained["atoms"] - base["atoms"]))}
 
 
+PROOF_PRESETS = {"awm": "ShapesWorld proof", "grpo": "ShapesWorld proof Flow-GRPO"}  # the recipe of each algorithm
+
+
 def build_config(args):
     from .config import preset
-    cfg = preset("ShapesWorld proof")
-    over = dict(algorithm=args.algorithm, reward=args.reward, seed=args.seed, output_dir=args.out,
+    cfg = preset(PROOF_PRESETS[args.algorithm])
+    over = dict(reward=args.reward, seed=args.seed, output_dir=args.out,
                 threads=args.threads, eval_every=0, checkpoint_every=args.checkpoint_every,
                 pipeline=args.pipeline, reward_model=args.reward_model)
     if args.max_steps is not None:
@@ -185,7 +188,8 @@ def format_table(results: List[Dict]) -> str:
 
 def arg_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--algorithm", default="grpo", choices=["grpo", "awm"])
+    ap.add_argument("--algorithm", default="grpo", choices=["grpo", "awm"],
+                    help="awm: the 'ShapesWorld proof' preset; grpo: 'ShapesWorld proof Flow-GRPO' (same LoRA and sampler)")
     ap.add_argument("--reward", default="promptecho", help="promptecho | vqascore | a weighted combination")
     ap.add_argument("--out", default="out/proof/run")
     ap.add_argument("--pipeline", default="", help="generator folder [the embedded ShapesWorld generator]")
