@@ -164,7 +164,7 @@ def test_make_proof_commands_build_the_recipes_the_readme_reports():
     grpo = cfgs["grpo", "promptecho"]
     assert (grpo.kl_beta, grpo.sde_window, grpo.ema_kl_beta) == (0.04, [0, 5], 0.0)
     from promptecho.grpo.config import preset
+    from promptecho.grpo.shapes_proof import PROOF_PRESETS
     for (algorithm, _), cfg in cfgs.items():
-        name = {"awm": "ShapesWorld proof", "grpo": "ShapesWorld proof Flow-GRPO"}[algorithm]
-        want = preset(name).to_dict()
+        want = preset(PROOF_PRESETS[algorithm]).to_dict()
         assert {k for k, v in cfg.to_dict().items() if v != want[k]} <= {"reward", "output_dir", "threads", "max_steps"}
